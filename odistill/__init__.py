@@ -1,0 +1,39 @@
+"""odistill — on-policy distillation of language models, taught in notebooks.
+
+A student LM learns from a teacher LM. Off-policy distillation trains the student on sequences it did
+not write, usually with forward KL(teacher ‖ student); on-policy distillation lets the student sample,
+the teacher score every sampled token, and the student minimise reverse KL(student ‖ teacher).
+
+The public API is re-exported here; see the documentation for a tour.
+"""
+
+from .divergences import (
+    MASKED_LOG_PROB,
+    forward_kl,
+    generalized_jsd,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    reverse_kl,
+    skew_forward_kl,
+    skew_reverse_kl,
+    token_log_probs,
+    total_variation,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "MASKED_LOG_PROB",
+    "forward_kl",
+    "reverse_kl",
+    "generalized_jsd",
+    "skew_forward_kl",
+    "skew_reverse_kl",
+    "total_variation",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "token_log_probs",
+]
