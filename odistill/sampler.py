@@ -1,0 +1,184 @@
+"""Student rollouts: sample completions for a batch of prompts and record how they were sampled.
+
+On-policy distillation starts here: the student writes completions for the prompts, and the
+probability q(x_t) with which each token was drawn is kept for the importance-sampling loss.
+
+The default backend is Hugging Face ``generate`` (KV cache on, left padding, any causal LM). A second
+backend (e.g. vLLM on a GPU) only has to implement :class:`SamplerBackend` — turn prompt token ids
+into completion token ids plus their sampling log-probs — and be registered in :data:`BACKENDS`; the
+rest of odistill sees the same :class:`~odistill.rollouts.Rollouts` either way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from transformers import GenerationConfig
+
+from .rollouts import (
+    Rollouts,
+    _left_pad,
+    check_context_length,
+    completion_mask_from_ids,
+    render_prompts,
+    resolve_special_ids,
+)
+
+__all__ = ["sample", "SamplerBackend", "HFGenerateBackend", "BACKENDS"]
+
+
+class SamplerBackend(Protocol):
+    """What a sampling backend provides (the seam for vLLM or a remote sampler).
+
+    ``generate`` receives left-padded prompt ids ``(B, P)`` with their attention mask and returns
+    ``(completion_ids (B, T), sampling_logprobs (B, T))``: completion tokens (anything after the first
+    EOS is ignored) and log q(x_t) under the distribution each token was actually drawn from (after
+    temperature, top-k and top-p). Greedy decoding returns zeros (q is a point mass).
+    """
+
+    def generate(self, model, prompt_ids, prompt_attention_mask, *, max_new_tokens, temperature, top_p, top_k,
+                 pad_id, eos_ids) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class HFGenerateBackend:
+    """Sampling with ``model.generate`` and the KV cache.
+
+    The model's own ``generation_config`` (which for hub checkpoints often sets top-k, top-p or a
+    repetition penalty) is ignored: the distribution sampled from is exactly the one asked for.
+    """
+
+    def generate(self, model, prompt_ids, prompt_attention_mask, *, max_new_tokens, temperature, top_p, top_k,
+                 pad_id, eos_ids):
+        greedy = temperature == 0.0
+        params = GenerationConfig._get_default_generation_params()
+        params.update(
+            do_sample=not greedy,
+            temperature=1.0 if greedy else temperature,
+            top_k=0 if greedy else top_k,
+            top_p=1.0 if greedy else top_p,
+            max_new_tokens=max_new_tokens,
+            max_length=None,
+            pad_token_id=pad_id,
+            eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0],
+            use_cache=True,
+            return_dict_in_generate=True,
+            output_scores=not greedy,
+        )
+        config = GenerationConfig(**params)
+        saved = model.generation_config
+        model.generation_config = GenerationConfig()  # no checkpoint defaults leak into the sampler
+        try:
+            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_attention_mask, generation_config=config)
+        finally:
+            model.generation_config = saved
+        completion = out.sequences[:, prompt_ids.shape[1] :]  # (B, T)
+        if greedy:
+            return completion, torch.zeros(completion.shape, dtype=torch.float32, device=completion.device)
+        scores = torch.stack(out.scores, dim=1)  # (B, T, V) processed logits: what was sampled from
+        logprobs = torch.log_softmax(scores.float(), dim=-1).gather(-1, completion[..., None]).squeeze(-1)
+        return completion, logprobs
+
+
+#: Registered sampling backends, by name.
+BACKENDS: dict[str, SamplerBackend] = {"hf": HFGenerateBackend()}
+
+
+def _unwrap(model):
+    """The underlying model of a DistributedDataParallel / accelerate wrapper."""
+    return getattr(model, "module", model)
+
+
+def sample(
+    model,
+    tokenizer,
+    prompts,
+    *,
+    n: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    backend: str = "hf",
+    source: str = "student",
+) -> Rollouts:
+    """Sample ``n`` completions per prompt from ``model`` and return them as :class:`Rollouts`.
+
+    Args:
+        model: any causal LM; it is put in eval mode for sampling and restored afterwards.
+        tokenizer: its tokenizer (a pad token is optional; EOS is required).
+        prompts: list of ``B`` strings (used as they are), or chat conversations (lists of
+            ``{"role", "content"}``) rendered with the tokenizer's chat template.
+        n: completions per prompt; rows are ordered prompt-major (``B·n`` rows).
+        max_new_tokens: longest completion (generation also stops at EOS).
+        temperature: sampling temperature (> 0), or 0 for greedy decoding.
+        top_p: nucleus sampling threshold in (0, 1]; 1 keeps the whole distribution.
+        top_k: keep only the ``top_k`` likeliest tokens; 0 keeps all.
+        seed: makes the samples reproducible (the global RNG state is left untouched).
+        backend: a key of :data:`BACKENDS`.
+        source: recorded in ``Rollouts.source`` (``"student"`` or ``"teacher"``).
+
+    Returns:
+        Rollouts with ``completion_mask`` (tokens up to and including the first EOS) and
+        ``sampling_logprobs`` = log q(x_t) under the distribution actually sampled from.
+
+    Example:
+        >>> rollouts = sample(student, tokenizer, ["12+34="], n=4, max_new_tokens=5, seed=0)  # doctest: +SKIP
+        >>> rollouts.texts  # doctest: +SKIP
+        ['46', '46', '47', '46']
+    """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n (completions per prompt) must be an integer >= 1, got {n!r}")
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    temperature = float(temperature)
+    if not (temperature >= 0.0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not (0.0 < float(top_p) <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not (isinstance(top_k, int) and top_k >= 0):
+        raise ValueError(f"top_k must be an integer >= 0 (0 = no top-k), got {top_k!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sampling backend {backend!r}; available: {sorted(BACKENDS)}")
+
+    model = _unwrap(model)
+    pad_id, eos_ids = resolve_special_ids(tokenizer)
+    prompt_texts, prompt_ids = render_prompts(tokenizer, prompts)
+    prompt_ids = [ids for ids in prompt_ids for _ in range(n)]  # prompt-major repetition
+    prompt_texts = [text for text in prompt_texts for _ in range(n)]
+    ids, attn = _left_pad(prompt_ids, pad_id)  # (B·n, P)
+    check_context_length(model, ids.shape[1], max_new_tokens)
+    device = next(model.parameters()).device
+    ids, attn = ids.to(device), attn.to(device)
+
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            completion, logprobs = BACKENDS[backend].generate(
+                model, ids, attn, max_new_tokens=max_new_tokens, temperature=temperature, top_p=float(top_p),
+                top_k=top_k, pad_id=pad_id, eos_ids=eos_ids,
+            )
+    finally:
+        model.train(was_training)
+
+    mask = completion_mask_from_ids(completion, eos_ids)  # (B·n, T)
+    completion = completion.masked_fill(~mask, pad_id)
+    texts = tokenizer.batch_decode(completion.masked_fill(~mask, pad_id), skip_special_tokens=True)
+    return Rollouts(
+        input_ids=torch.cat([ids, completion], dim=1),
+        attention_mask=torch.cat([attn, mask.long()], dim=1),
+        completion_mask=mask,
+        prompt_width=ids.shape[1],
+        sampling_logprobs=logprobs.float().masked_fill(~mask, 0.0),
+        prompt_lengths=attn.sum(1),
+        prompt_index=torch.arange(len(prompts), device=device).repeat_interleave(n),
+        prompts=prompt_texts,
+        texts=texts,
+        source=source,
+    )

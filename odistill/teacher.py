@@ -1,0 +1,179 @@
+"""The teacher scorer: one teacher forward pass over the rollouts, no gradients.
+
+Three things a teacher can return about each completion position, from the most to the least
+informative (and memory hungry):
+
+=========== ==================================================== ============ ======================
+mode        returns                                              memory       enough for
+=========== ==================================================== ============ ======================
+``full``    log p_T(· | x_<t) over the whole vocabulary           O(B·T·V)     any divergence (GKD)
+``topk``    the k largest log-probs and their token ids           O(B·T·k)     divergences on top-k
+``sampled`` log p_T(x_t | x_<t) of the token that was sampled     O(B·T)       sampled reverse KL
+=========== ==================================================== ============ ======================
+
+``sampled`` is what a remote log-prob server returns (Thinking Machines' recipe); with
+``micro_batch_size`` the teacher's logits never exist for more than a few rows at a time, so the
+scores take O(B·T) memory. Every mode also returns ``token_logprobs`` (the sampled tokens'
+log-probs), used for the per-token reverse-KL metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .divergences import MASKED_LOG_PROB
+from .rollouts import Rollouts, completion_logits
+
+__all__ = ["TeacherScorer", "TeacherScores", "output_vocab_size", "check_vocab_compatible"]
+
+_MODES = ("full", "topk", "sampled")
+
+
+@dataclass
+class TeacherScores:
+    """What the teacher said about each completion position of a rollout batch.
+
+    Attributes:
+        mode: ``"full"``, ``"topk"`` or ``"sampled"``.
+        token_logprobs: ``(B, T)`` log p_T(x_t) of each completion token (0 at masked positions).
+        logprobs: ``(B, T, V)`` full log-probabilities (``mode="full"``), else None.
+        topk_logprobs: ``(B, T, k)`` the k largest log-probs, descending (``mode="topk"``), else None.
+        topk_ids: ``(B, T, k)`` their token ids (``mode="topk"``), else None.
+    """
+
+    mode: str
+    token_logprobs: torch.Tensor
+    logprobs: torch.Tensor | None = None
+    topk_logprobs: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+
+    def to(self, device) -> TeacherScores:
+        move = lambda t: None if t is None else t.to(device)
+        return TeacherScores(self.mode, move(self.token_logprobs), move(self.logprobs), move(self.topk_logprobs),
+                             move(self.topk_ids))
+
+
+def output_vocab_size(model) -> int:
+    """The number of logits the model produces (its LM head's rows), which may exceed the tokenizer."""
+    model = getattr(model, "module", model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def check_vocab_compatible(student, teacher, tokenizer=None) -> int:
+    """Check that student and teacher score the same vocabulary; return the common size V.
+
+    Models of one family may pad their LM head differently (e.g. 151936 vs 152064 rows for one
+    tokenizer); that is fine as long as both cover the tokenizer: the first ``min(V_S, V_T)`` logits
+    are compared. Anything else means the two models do not share a tokenizer.
+
+    Raises:
+        ValueError: naming both sizes (and the tokenizer's) when they cannot be compared.
+    """
+    v_s, v_t = output_vocab_size(student), output_vocab_size(teacher)
+    if v_s == v_t:
+        return v_s
+    n_tok = len(tokenizer) if tokenizer is not None else None
+    if n_tok is not None and min(v_s, v_t) >= n_tok:
+        return min(v_s, v_t)
+    raise ValueError(
+        f"student and teacher vocabularies differ: the student has {v_s} output logits, the teacher {v_t}"
+        + (f" (the tokenizer has {n_tok} tokens)" if n_tok is not None else "")
+        + ". On-policy distillation compares next-token distributions token by token, so both models must "
+        "use the same tokenizer: pick a teacher and student from one model family, or load the student "
+        "with the teacher's tokenizer."
+    )
+
+
+class TeacherScorer:
+    """Score rollouts with a frozen teacher: ``scores = TeacherScorer(teacher, mode="full")(rollouts)``.
+
+    The teacher is put in eval mode (dropout off) — a teacher left in train mode would give noisy
+    scores — and runs under ``torch.inference_mode``. It may sit on its own device: rollouts are
+    moved there and the scores come back to the rollouts' device.
+
+    Args:
+        model: the teacher, any causal LM.
+        mode: ``"full"``, ``"topk"`` or ``"sampled"`` (see the module docstring).
+        k: the number of log-probs kept per position in ``"topk"`` mode (1 ≤ k ≤ V).
+        device: where the teacher runs (default: where its parameters are); it is moved there.
+        micro_batch_size: score this many rows per forward pass (default: all at once); bounds the
+            teacher's peak memory at O(micro_batch_size·T·V).
+        vocab_size: keep only the first ``vocab_size`` logits (set by the trainer when student and
+            teacher pad their vocabularies differently).
+
+    Example:
+        >>> scores = TeacherScorer(teacher, mode="sampled")(rollouts)  # doctest: +SKIP
+        >>> scores.token_logprobs.shape  # (B, T)  # doctest: +SKIP
+    """
+
+    def __init__(self, model, *, mode: str = "full", k: int = 20, device=None, micro_batch_size: int | None = None,
+                 vocab_size: int | None = None):
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.vocab_size = vocab_size if vocab_size is not None else output_vocab_size(model)
+        if mode == "topk" and not (isinstance(k, int) and 1 <= k <= self.vocab_size):
+            raise ValueError(f"k must be an integer in [1, V={self.vocab_size}] for mode='topk', got {k!r}")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or None, got {micro_batch_size}")
+        if device is not None:
+            model = model.to(device)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model, self.mode, self.k, self.micro_batch_size = model, mode, k, micro_batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _score_rows(self, rollouts: Rollouts) -> TeacherScores:
+        logits = completion_logits(self.model, rollouts, vocab_size=self.vocab_size)  # (b, T, V)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (b, T, V)
+        ids = rollouts.completion_ids  # (b, T)
+        in_vocab = ids < logprobs.shape[-1]
+        token = logprobs.gather(-1, ids.clamp_max(logprobs.shape[-1] - 1)[..., None]).squeeze(-1)
+        token = torch.where(in_vocab, token, torch.full_like(token, MASKED_LOG_PROB))
+        token = token.masked_fill(~rollouts.completion_mask, 0.0)
+        if self.mode == "full":
+            return TeacherScores("full", token, logprobs=logprobs)
+        if self.mode == "topk":
+            values, indices = logprobs.topk(self.k, dim=-1)  # (b, T, k), descending
+            return TeacherScores("topk", token, topk_logprobs=values, topk_ids=indices)
+        return TeacherScores("sampled", token)
+
+    def __call__(self, rollouts: Rollouts) -> TeacherScores:
+        """Score a rollout batch; returns :class:`TeacherScores` on the rollouts' device."""
+        home = rollouts.input_ids.device
+        on_teacher = rollouts.to(self.device)
+        step = self.micro_batch_size or len(on_teacher)
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(on_teacher), step):
+                parts.append(self._score_rows(_slice_rows(on_teacher, start, start + step)))
+        cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
+        scores = TeacherScores(self.mode, cat("token_logprobs"), cat("logprobs"), cat("topk_logprobs"), cat("topk_ids"))
+        # inference tensors cannot enter autograd graphs; a plain clone on the way out makes them ordinary
+        return scores.to(home) if home != self.device else TeacherScores(
+            scores.mode, *(None if t is None else t.clone() for t in
+                           (scores.token_logprobs, scores.logprobs, scores.topk_logprobs, scores.topk_ids)))
+
+
+def _slice_rows(rollouts: Rollouts, start: int, stop: int) -> Rollouts:
+    if start == 0 and stop >= len(rollouts):
+        return rollouts
+    take = lambda t: None if t is None else t[start:stop]
+    return Rollouts(
+        input_ids=rollouts.input_ids[start:stop],
+        attention_mask=rollouts.attention_mask[start:stop],
+        completion_mask=rollouts.completion_mask[start:stop],
+        prompt_width=rollouts.prompt_width,
+        sampling_logprobs=take(rollouts.sampling_logprobs),
+        prompt_lengths=take(rollouts.prompt_lengths),
+        prompt_index=take(rollouts.prompt_index),
+        source=rollouts.source,
+    )

@@ -1,0 +1,41 @@
+"""Shared fixtures: a character tokenizer and tiny random causal LMs (no download, built in milliseconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from odistill.tokenizer import build_char_tokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    return build_char_tokenizer("0123456789+=")
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 1, max_positions: int = 64):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = LlamaForCausalLM(config)
+    model.eval()
+    return model
+
+
+@pytest.fixture()
+def tiny_pair(char_tokenizer):
+    """(student, teacher) with the same vocabulary, different random weights."""
+    return make_tiny_llama(len(char_tokenizer), seed=0), make_tiny_llama(len(char_tokenizer), seed=1, hidden=48)
