@@ -9,6 +9,7 @@ The public API is re-exported here; see the documentation for a tour.
 
 from .divergences import (
     MASKED_LOG_PROB,
+    NonFiniteLossError,
     forward_kl,
     generalized_jsd,
     kl_k1,
@@ -20,12 +21,19 @@ from .divergences import (
     token_log_probs,
     total_variation,
 )
+from .config import PRESETS, ConfigError, DistillConfig
+from .loss import distillation_loss, sampled_token_loss
+from .rollouts import Rollouts, completion_logits, rollouts_from_text
+from .sampler import sample
+from .teacher import TeacherScorer, TeacherScores
+from .trainer import DatasetError, DistillResult, distill
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "MASKED_LOG_PROB",
+    "NonFiniteLossError",
     "forward_kl",
     "reverse_kl",
     "generalized_jsd",
@@ -36,4 +44,19 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "token_log_probs",
+    # pipeline
+    "Rollouts",
+    "sample",
+    "rollouts_from_text",
+    "completion_logits",
+    "TeacherScorer",
+    "TeacherScores",
+    "distillation_loss",
+    "sampled_token_loss",
+    "DistillConfig",
+    "ConfigError",
+    "PRESETS",
+    "distill",
+    "DistillResult",
+    "DatasetError",
 ]

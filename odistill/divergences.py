@@ -40,12 +40,17 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "token_log_probs",
+    "NonFiniteLossError",
 ]
 
 #: Log-probability that stands in for ``log 0`` (a ``-inf`` logit) inside the divergences.
 MASKED_LOG_PROB = -1.0e4
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+class NonFiniteLossError(ValueError):
+    """A divergence or loss came out NaN: its inputs hold NaN/+inf, or a counted row is all -inf."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,7 +142,7 @@ def _kl_rows(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 def _reduce(values: torch.Tensor, mask: torch.Tensor | None, batch_shape: torch.Size, reduction: str):
     """Reduce per-active-position values (N,) to a scalar, or scatter them back to ``batch_shape``."""
     if values.numel() and torch.isnan(values).any():
-        raise ValueError(
+        raise NonFiniteLossError(
             "the divergence is NaN: the logits contain NaN or +inf, or a position that counts has every "
             "logit at -inf. Check the model outputs, and mask out positions with no valid token."
         )

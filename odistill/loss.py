@@ -22,6 +22,7 @@ import torch
 
 from .divergences import (
     MASKED_LOG_PROB,
+    NonFiniteLossError,
     _check_mask,
     _check_reduction,
     _check_temperature,
@@ -156,7 +157,7 @@ def sampled_token_loss(
         ratio = ratio.clamp(max=float(max_ratio))
     per_token = -(ratio * advantage)
     if torch.isnan(per_token).any():
-        raise ValueError("the sampled-token loss is NaN: check the log-probs for NaN values")
+        raise NonFiniteLossError("the sampled-token loss is NaN: check the log-probs for NaN values")
     if reduction == "sum":
         return per_token.sum()
     if reduction == "mean":
