@@ -1,13 +1,17 @@
 # The two commands of the README. Each one does its own set-up on a fresh machine.
 #   make demo   - set up, then run the main job
-#   make test   - set up, then run the whole test suite (pytest + nbval on the notebooks)
+#   make test   - set up, then run the whole test suite (pytest + nbval on the notebooks,
+#                 and tests/test_docs.py: build the site, load it in headless chromium)
+#   make docs   - set up, then build the documentation site into docs/_build/html (offline;
+#                 warnings are errors)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup lint docs notebooks
+.PHONY: demo test setup lint docs docs-clean notebooks
 
+# dev: tests and notebooks; docs: Sphinx + myst-nb, so that `make test` also builds and checks the site.
 setup:
-	bash scripts/setup.sh dev
+	bash scripts/setup.sh dev,docs
 
 demo: setup
 	$(VENV)/bin/odistill demo
@@ -16,9 +20,21 @@ test: setup
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
 	    --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
+# Build the site from the committed notebook outputs (nothing is executed). -W: any warning fails the
+# build; --keep-going: report them all first. Always from scratch (a few seconds more): an incremental
+# build re-reports no warning of an unchanged page and keeps stale [source] pages. Open
+# docs/_build/html/index.html, or serve the folder with `python -m http.server -d docs/_build/html`.
+docs: setup
+	@rm -rf docs/_build/html; start=$$(date +%s); \
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html && \
+	echo "[docs] built docs/_build/html/index.html in $$(( $$(date +%s) - start )) s"
+
+docs-clean:
+	rm -rf docs/_build docs/cli.md docs/exercises.md docs/notebooks
+
 lint: setup
 	$(VENV)/bin/ruff check odistill tests benchmarks
 
 # Re-execute every notebook in place (tiny CPU profile) and store its outputs.
 notebooks: setup
-	$(PY) scripts/execute_notebooks.py notebooks/*.ipynb
+	$(PY) scripts/execute_notebooks.py notebooks/*.ipynb notebooks/exercises/*.ipynb

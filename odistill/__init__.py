@@ -7,6 +7,8 @@ the teacher score every sampled token, and the student minimise reverse KL(stude
 The public API is re-exported here; see the documentation for a tour.
 """
 
+from . import experiments
+from .config import PRESETS, ConfigError, DistillConfig
 from .divergences import (
     MASKED_LOG_PROB,
     NonFiniteLossError,
@@ -21,10 +23,13 @@ from .divergences import (
     token_log_probs,
     total_variation,
 )
-from .config import PRESETS, ConfigError, DistillConfig
+from .evaluation import evaluate, generate_completions
 from .loss import distillation_loss, sampled_token_loss
+from .models import MODEL_SIZES, build_model, list_shipped, load_model
 from .rollouts import Rollouts, completion_logits, rollouts_from_text
 from .sampler import sample
+from .sft import train_sft
+from .tasks import Task, build_char_tokenizer, get_task, list_tasks
 from .teacher import TeacherScorer, TeacherScores
 from .trainer import DatasetError, DistillResult, distill
 
@@ -59,4 +64,17 @@ __all__ = [
     "distill",
     "DistillResult",
     "DatasetError",
+    # lab bench
+    "Task",
+    "get_task",
+    "list_tasks",
+    "build_char_tokenizer",
+    "MODEL_SIZES",
+    "build_model",
+    "load_model",
+    "list_shipped",
+    "train_sft",
+    "evaluate",
+    "generate_completions",
+    "experiments",
 ]

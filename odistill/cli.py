@@ -20,6 +20,8 @@ The lab bench: synthetic tasks with checkable answers (addition, permutations, s
 Llama-style models, and, for each task, a trained teacher and a warm-started student shipped inside
 the package ("addition-teacher", "addition-student", …).
 
+  odistill demo                                    off-policy vs on-policy distillation, side by side
+  odistill distill --task addition --lmbda 1 --beta 1 --json
   odistill eval --task addition                    how good is the shipped teacher?
   odistill eval --task addition --model addition-student --json
   odistill train-teacher --task addition --out runs/my-teacher
@@ -209,6 +211,10 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="odistill", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .cli_distill import add_demo_parser, add_distill_parser
+
+    add_demo_parser(subparsers)
+    add_distill_parser(subparsers)
     _add_train_teacher_parser(subparsers)
     _add_eval_parser(subparsers)
     return parser

@@ -169,6 +169,6 @@ def check_diagnosis(answer: str) -> str:
     if key not in DIAGNOSIS_CHOICES:
         raise ExerciseError(f"answer with one of the letters {sorted(DIAGNOSIS_CHOICES)}")
     if key == "b":
-        return ("Right: the loss (KL to the 'teacher') falls to almost 0 while accuracy stays flat, because the "
-                "'teacher' is no better than the student. Always evaluate the teacher first.")
+        return ("Right: the loss (KL to the 'teacher') is almost 0 from the start and accuracy stays flat, because "
+                "the 'teacher' is the student itself. Always evaluate the teacher first.")
     raise ExerciseError(_DIAGNOSIS_FEEDBACK[key])

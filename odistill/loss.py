@@ -72,9 +72,11 @@ def distillation_loss(
 
     Top-k scores: both distributions are **renormalised over the teacher's top-k tokens** at each
     position — the student's logits are gathered at the teacher's top-k ids and both are
-    log-softmaxed over those k entries. The result is the divergence between the two conditional
-    distributions on that support: exact when the teacher's mass outside its top-k is negligible,
-    and blind to student mass outside the support (so use a k that covers most of the teacher's mass).
+    log-softmaxed over those k entries. The result is the divergence between the two distributions
+    *conditioned on that set*: it ignores how much mass the student puts outside the set, so it is not
+    the full-vocabulary divergence (notebook 02 measures the gap: a forward KL of 0.55 at k = 4 where
+    the full value is 0.96). It tends to the full divergence as k grows to cover the mass of both
+    models, and equals it at k = V. Use it to save teacher memory with a k that covers most of the mass.
 
     Example:
         >>> s, t = torch.zeros(1, 2, 3), torch.tensor([[[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]])

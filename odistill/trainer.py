@@ -209,8 +209,8 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
             conversations, or a ``messages`` column; off-policy batches without ``seq_kd`` also need a
             completion (``completion`` / ``answer`` column, or a final assistant message).
         config: :class:`~odistill.config.DistillConfig` (default: its defaults).
-        eval_fn: ``eval_fn(student) -> dict`` of metrics, called before training and every
-            ``config.eval_every`` steps (and after the last step); keys are stored as ``eval/<key>``.
+        eval_fn: ``eval_fn(student) -> dict`` of metrics, called before training, after the last step,
+            and every ``config.eval_every`` steps (if > 0); keys are stored as ``eval/<key>``.
         callback: called with each history row as it is produced (for live plots).
 
     Returns:
@@ -261,7 +261,7 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
         unwrapped.train(was_training)
         row.update({f"eval/{k}": v for k, v in metrics.items()})
 
-    if eval_fn is not None and config.eval_every:
+    if eval_fn is not None:
         row = {"step": 0}
         run_eval(0, row)
         history.append(row)
@@ -324,7 +324,7 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
         dt = time.perf_counter() - t0
         row.update(grad_norm=float(grad_norm), skipped=not applied, seconds=dt,
                    tokens_per_s=row["tokens"] / dt if dt > 0 else 0.0, lr=scheduler.get_last_lr()[0])
-        if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+        if eval_fn is not None and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
             run_eval(step, row)
         history.append(row)
         if callback:

@@ -114,6 +114,10 @@ def test_eval_fn_is_called_before_during_and_after(char_tokenizer):
     steps = [r["step"] for r in result.evals()]
     assert steps == [0, 2, 4, 5] and calls == [False] * 4
     assert [r["eval/score"] for r in result.evals()] == [1.0, 2.0, 3.0, 4.0]
+    calls.clear()
+    student, teacher = _pair(char_tokenizer)
+    result = distill(student, teacher, char_tokenizer, DATA, _cfg(steps=3, eval_every=0), eval_fn=eval_fn)
+    assert [r["step"] for r in result.evals()] == [0, 3]  # eval_every=0: before and after only
 
 
 def test_grad_accumulation_counts_all_micro_batches(char_tokenizer):

@@ -1,0 +1,426 @@
+"""The documentation site: it builds offline with warnings as errors, every internal link resolves, and
+headless Chromium renders the home page, a notebook page with its figures, and the API reference.
+
+What runs:
+
+1. ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (the ``make docs`` build, from an
+   empty output folder so that every warning is reported). Skipped, with a message, when Sphinx or
+   myst-nb is not installed (``bash scripts/setup.sh dev,docs`` installs them; ``make test`` does).
+2. The site is served by ``http.server`` on a free localhost port, in a thread.
+3. Every page reachable from the home page is crawled: every internal ``href``/``src`` (pages, images,
+   scripts, stylesheets) must answer 200, and every ``#fragment`` must exist in its target page.
+4. Chromium (``--headless --no-sandbox --disable-gpu --disable-background-networking``, a fresh
+   ``--user-data-dir``, host resolution limited to localhost so nothing leaves the machine) loads the
+   pages with ``--dump-dom``: titles, content, the notebook's figures and rendered math are checked,
+   and no request made by the browser may 404.
+5. Screenshots of the home page, the notebook page (its top and its first figure) and the API page
+   are saved under ``docs/_build/screenshots/``.
+
+Only the browser checks (4, 5) are skipped where Chromium is not installed (CI installs Debian's
+``chromium`` package before ``make test``).
+"""
+
+from __future__ import annotations
+
+import functools
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "sphinx", reason="Sphinx is not installed: the docs site was not built (install the docs extra: "
+    "`bash scripts/setup.sh dev,docs`, which `make test` does)"
+)
+pytest.importorskip(
+    "myst_nb", reason="myst-nb is not installed: the docs site was not built (install the docs extra: "
+    "`bash scripts/setup.sh dev,docs`, which `make test` does)"
+)
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+BUILD = DOCS / "_build"
+HTML = BUILD / "html"
+SHOTS = BUILD / "screenshots"
+NOTEBOOKS = ROOT / "notebooks"
+
+PAGES = ["index", "install", "quickstart", "concepts", "notebooks", "exercises", "cli", "api/index",
+         "performance", "references"]
+SHOT_ROUTE = "/__figure_shot__"  # a test-only wrapper page (never written to the site), see _Handler
+
+
+# ---------------------------------------------------------------------------------------------------
+# build and serve
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    """Build the site once for this module (fresh environment: every warning is reported)."""
+    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", str(DOCS), str(HTML)]
+    shutil.rmtree(HTML, ignore_errors=True)  # from scratch, like `make docs` and CI
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
+        pytest.fail(f"`{' '.join(cmd)}` failed (exit {proc.returncode}) after {seconds:.0f} s:\n{tail}")
+    print(f"\n[docs] built {HTML} in {seconds:.1f} s")
+    return HTML
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Static files of the built site, a log of (path, status), and the screenshot wrapper page."""
+
+    requests: list[tuple[str, int]]
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def log_request(self, code="-", size="-"):
+        try:
+            self.requests.append((self.path, int(code)))
+        except (TypeError, ValueError):
+            pass
+
+    def do_GET(self):
+        if self.path.startswith(SHOT_ROUTE):
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            body = _figure_shot_page(query.get("page", ["index.html"])[0]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+
+def _figure_shot_page(page: str) -> str:
+    """A page that shows ``page`` in a full-window iframe, scrolled to its first notebook figure.
+
+    Headless Chromium's ``--screenshot`` captures the top of a page only; this wrapper waits for the
+    page (and MathJax, which changes heights) and then scrolls instantly, so the screenshot shows a figure.
+    """
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>screenshot</title>
+<style>html, body {{ margin: 0; padding: 0; overflow: hidden; }}
+iframe {{ border: 0; width: 100vw; height: 100vh; display: block; }}</style></head>
+<body><iframe id="page" src="/{page}"></iframe>
+<script>
+const frame = document.getElementById("page");
+frame.addEventListener("load", () => {{
+  const win = frame.contentWindow;
+  const mathjax = win.MathJax && win.MathJax.startup && win.MathJax.startup.promise;
+  (mathjax || Promise.resolve()).then(() => new Promise(done => setTimeout(done, 300))).then(() => {{
+    const img = win.document.querySelector("div.cell_output img");
+    if (img) win.scrollTo({{top: img.getBoundingClientRect().top + win.scrollY - 200, behavior: "instant"}});
+    document.title = img ? "scrolled to figure" : "no figure";
+  }});
+}});
+</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    """(base URL, request log) of an http.server serving the built site on a free localhost port."""
+    log: list[tuple[str, int]] = []
+    handler = functools.partial(type("Handler", (_Handler,), {"requests": log}), directory=str(site))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", log
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTML helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Links(html.parser.HTMLParser):
+    """Collects link targets (href/src of a, link, img, script, iframe, source) and element ids."""
+
+    ATTRS = {"a": "href", "link": "href", "img": "src", "script": "src", "iframe": "src", "source": "src"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.links: list[tuple[str, str]] = []
+        self.ids: set[str] = set()
+        self.title = ""
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+        if tag == "a" and attrs.get("name"):
+            self.ids.add(attrs["name"])
+        name = self.ATTRS.get(tag)
+        if name and attrs.get(name):
+            self.links.append((tag, attrs[name]))
+        if tag == "title":
+            self._in_title = True
+
+    def handle_endtag(self, tag):
+        if tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+
+
+def _parse(text: str) -> _Links:
+    parser = _Links()
+    parser.feed(text)
+    return parser
+
+
+def _get(url: str, method: str = "GET") -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read() if method == "GET" else b""
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+
+
+def _notebook_01() -> Path:
+    found = sorted(NOTEBOOKS.glob("01_*.ipynb"))
+    assert found, "notebooks/01_*.ipynb not found"
+    return found[0]
+
+
+def _png_outputs(path: Path) -> int:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return sum("image/png" in out.get("data", {}) for c in cells if c["cell_type"] == "code" for out in c.get("outputs", []))
+
+
+def _page_of(notebook: Path) -> str:
+    return f"notebooks/{notebook.relative_to(NOTEBOOKS).with_suffix('.html').as_posix()}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the build
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_site_builds_with_every_page(site):
+    for page in PAGES:
+        assert (site / f"{page}.html").is_file(), f"{page}.html missing from the built site"
+    for notebook in sorted(NOTEBOOKS.glob("*.ipynb")) + sorted(NOTEBOOKS.glob("exercises/**/*.ipynb")):
+        assert (site / _page_of(notebook)).is_file(), f"no page for {notebook.relative_to(ROOT)}"
+
+
+def test_notebook_pages_show_their_stored_figures(site):
+    notebook = _notebook_01()
+    assert _png_outputs(notebook) > 0, (
+        f"{notebook.relative_to(ROOT)} has no stored figure outputs; the docs render committed outputs "
+        "(run `make notebooks` and commit the executed notebook)"
+    )
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        pngs = _png_outputs(path)
+        page = (site / _page_of(path)).read_text(encoding="utf-8")
+        images = [src for tag, src in _parse(page).links if tag == "img" and src.endswith(".png")]
+        assert len(images) >= pngs, f"{path.name}: {pngs} stored figures but {len(images)} <img> on its page"
+        for src in images:
+            assert (site / _page_of(path)).parent.joinpath(src).resolve().is_file(), f"{path.name}: {src} missing"
+
+
+def test_every_public_module_has_an_api_page():
+    """A new module of the package needs a page in docs/api/ (copy one of the others, add it to api/index.md)."""
+    documented = {p.stem for p in (DOCS / "api").glob("*.md")} - {"index"}
+    modules = {p.stem for p in (ROOT / "odistill").glob("*.py") if not p.stem.startswith("_")}
+    modules |= {p.name for p in (ROOT / "odistill").iterdir() if (p / "__init__.py").is_file()}
+    # the command line (cli.py and its helpers cli_*.py) is documented by the generated CLI reference page
+    modules = {m for m in modules if m != "cli" and not m.startswith("cli_")}
+    missing = sorted(modules - documented)
+    assert not missing, f"modules without an API page: {missing} (add docs/api/<module>.md and list it in docs/api/index.md)"
+    index = (DOCS / "api" / "index.md").read_text(encoding="utf-8")
+    unlisted = sorted(name for name in documented if f"\n{name}\n" not in index)
+    assert not unlisted, f"API pages not in the toctree of docs/api/index.md: {unlisted}"
+
+
+def test_cli_reference_is_generated_from_the_parser(site):
+    from odistill.cli import _build_parser
+
+    parser = _build_parser()
+    page = (site / "cli.html").read_text(encoding="utf-8")
+    commands = next(a.choices for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    assert commands, "the parser has no subcommands"
+    for name, sub in commands.items():
+        assert f"odistill {name}" in page, f"`odistill {name}` missing from cli.html"
+        for action in sub._actions:
+            for option in action.option_strings:
+                assert option in page, f"option {option} of `odistill {name}` missing from cli.html"
+
+
+def test_every_internal_link_resolves(server):
+    base, _ = server
+    host = urllib.parse.urlsplit(base).netloc
+    pages: dict[str, _Links] = {}
+    queue = [f"{base}/index.html"]
+    targets: dict[str, set[str]] = {}  # url without fragment -> pages linking to it
+    fragments: list[tuple[str, str, str]] = []  # (page, target url, fragment)
+    while queue:
+        url = queue.pop()
+        if url in pages:
+            continue
+        status, body = _get(url)
+        assert status == 200, f"{url} answered {status}"
+        pages[url] = parsed = _parse(body.decode("utf-8", "replace"))
+        for tag, link in parsed.links:
+            absolute = urllib.parse.urljoin(url, link)
+            parts = urllib.parse.urlsplit(absolute)
+            if parts.scheme not in ("http", "https") or parts.netloc != host:
+                continue  # external (not requested: no network) or mailto:, javascript:, data:
+            target = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+            targets.setdefault(target, set()).add(url)
+            if parts.fragment and tag == "a":
+                fragments.append((url, target, urllib.parse.unquote(parts.fragment)))
+            if tag == "a" and parts.path.endswith(".html") and target not in pages:
+                queue.append(target)
+
+    broken = []
+    for target, sources in sorted(targets.items()):
+        if target in pages:
+            continue
+        status, _ = _get(target, method="HEAD")
+        if status != 200:
+            broken.append(f"{target} ({status}), linked from {sorted(sources)[0]}")
+    assert not broken, "broken internal links:\n" + "\n".join(broken)
+
+    missing = sorted({f"{page} -> {target}#{frag}" for page, target, frag in fragments
+                      if target in pages and frag not in pages[target].ids})
+    assert not missing, "links to anchors that do not exist:\n" + "\n".join(missing)
+
+    crawled = {urllib.parse.urlsplit(u).path for u in pages}
+    for page in PAGES:
+        assert f"/{page}.html" in crawled, f"{page}.html is not reachable from the home page"
+    assert f"/{_page_of(_notebook_01())}" in crawled, "notebook 01's page is not reachable from the home page"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the browser
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        path = name and shutil.which(name)
+        if path:
+            return path
+    pytest.skip("chromium is not installed, so the docs site was not checked in a browser "
+                "(Debian: apt-get install chromium; .ci/run installs it)")
+
+
+def _browse(chromium: str, url: str, *extra: str, timeout: int = 120) -> str:
+    profile = tempfile.mkdtemp(prefix="odistill-chromium-")
+    cmd = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+        "--hide-scrollbars", f"--user-data-dir={profile}",
+        # CDN scripts (widgets) must fail fast instead of reaching the network: localhost only.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--window-size=1280,1000", "--virtual-time-budget=5000", *extra, url,
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"chromium did not finish loading {url} within {timeout} s")
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert proc.returncode == 0, f"chromium failed on {url} (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _no_browser_404(log, since: int):
+    bad = [(path, code) for path, code in log[since:] if code >= 400 and not path.startswith("/favicon.ico")]
+    assert not bad, f"the browser's requests failed: {bad}"
+
+
+def test_home_page_renders(server, chromium):
+    base, log = server
+    since = len(log)
+    dom = _browse(chromium, f"{base}/index.html", "--dump-dom")
+    page = _parse(dom)
+    assert "odistill" in page.title
+    for text in ("On-policy distillation of language models", "The 60-second tour", "Concepts", "API reference"):
+        assert text in dom, f"{text!r} not on the rendered home page"
+    assert any(link.endswith("notebooks.html") for _, link in page.links), "home page has no link to the notebooks"
+    _no_browser_404(log, since)
+
+
+def test_notebook_page_renders_with_figures_and_math(server, chromium):
+    base, log = server
+    notebook = _notebook_01()
+    since = len(log)
+    dom = _browse(chromium, f"{base}/{_page_of(notebook)}", "--dump-dom")
+    page = _parse(dom)
+    assert "Forward vs reverse KL" in page.title, page.title
+    images = [src for tag, src in page.links if tag == "img" and "_images/" in src and src.endswith(".png")]
+    assert images, "no figure (<img> of a stored plot) on notebook 01's page"
+    fetched = {path for path, code in log[since:] if code == 200}
+    assert any(p.split("?")[0].endswith(Path(src).name) for src in images for p in fetched), \
+        "the browser did not load the notebook's figures"
+    assert "<mjx-container" in dom, "MathJax did not typeset the notebook's math (served from _static/mathjax)"
+    _no_browser_404(log, since)
+
+
+def test_api_page_renders(server, chromium):
+    base, log = server
+    since = len(log)
+    dom = _browse(chromium, f"{base}/api/index.html", "--dump-dom")
+    assert "API reference" in _parse(dom).title
+    for name in ("forward_kl", "generalized_jsd", "DistillConfig", "distill"):
+        assert name in dom, f"{name} not in the API overview"
+    dom = _browse(chromium, f"{base}/api/divergences.html", "--dump-dom")
+    page = _parse(dom)
+    for anchor in ("odistill.divergences.forward_kl", "odistill.divergences.reverse_kl",
+                   "odistill.divergences.generalized_jsd"):
+        assert anchor in page.ids, f"autodoc entry {anchor} missing"
+    assert "KL(p_T ‖ p_S)" in dom and "Σ" in dom, "the docstrings' unicode math is not on the page"
+    _no_browser_404(log, since)
+
+
+def test_screenshots(server, chromium):
+    base, log = server
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    notebook_page = _page_of(_notebook_01())
+    shots = {
+        "home.png": f"{base}/index.html",
+        "notebook.png": f"{base}/{notebook_page}",
+        "notebook-figure.png": f"{base}{SHOT_ROUTE}?page={urllib.parse.quote(notebook_page)}",
+        "api.png": f"{base}/api/divergences.html",
+    }
+    since = len(log)
+    for name, url in shots.items():
+        path = SHOTS / name
+        path.unlink(missing_ok=True)
+        _browse(chromium, url, f"--screenshot={path}")
+        assert path.is_file(), f"chromium wrote no screenshot {path}"
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, f"{path} is not a real screenshot"
+    _no_browser_404(log, since)
+    print(f"\n[docs] screenshots in {SHOTS}: {', '.join(shots)}")
