@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:  # a wrong name or argument: say what, not a traceback
         print(f"odistill {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # distill has saved a checkpoint if it had an output_dir
+        print(f"odistill {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

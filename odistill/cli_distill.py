@@ -13,8 +13,15 @@ def _cmd_distill(args) -> int:
     from .config import DistillConfig
     from .experiments import run_distillation
 
+    resume = None
+    if args.resume:
+        from .trainer import latest_checkpoint
+
+        resume = latest_checkpoint(args.resume)
     if args.config:
         config = DistillConfig.load(args.config)
+    elif resume is not None:
+        config = DistillConfig.load(resume / "distill_config.json")
     else:
         config = DistillConfig.preset("tiny-cpu")
     overrides = {name: getattr(args, name) for name in ("lmbda", "beta", "estimator", "steps", "seed", "batch_size",
@@ -28,7 +35,7 @@ def _cmd_distill(args) -> int:
     values.update(overrides)
     config = DistillConfig(**values)
     result = run_distillation(args.task, config=config, student=args.student, teacher=args.teacher,
-                              threads=args.threads)
+                              threads=args.threads, resume_from=resume)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, sort_keys=True, default=str))
         return 0
@@ -70,7 +77,9 @@ def add_distill_parser(subparsers) -> None:
         "answers, or on teacher samples with --seq-kd); β (--beta) picks the divergence: 0 = forward "
         "KL(teacher‖student), 1 = reverse KL(student‖teacher), in between generalized JSD. "
         "--estimator sampled is the Thinking Machines recipe (per-token reverse KL of sampled tokens with "
-        "an importance-sampling loss). Defaults: the 'tiny-cpu' preset, a few minutes on 2 CPU cores.",
+        "an importance-sampling loss). Defaults: the 'tiny-cpu' preset, a few minutes on 2 CPU cores. With "
+        "--save-every N --output-dir DIR, checkpoints are written atomically; Ctrl-C saves one before exiting, "
+        "and --resume DIR continues to the same numbers as an uninterrupted run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--task", default="addition", choices=list_tasks(), help="which lab-bench task")
@@ -91,6 +100,9 @@ def add_distill_parser(subparsers) -> None:
     p.add_argument("--output-dir", default=None, help="folder for checkpoints")
     p.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     p.add_argument("--config", default=None, help="a JSON DistillConfig file; flags override it")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue an interrupted run: its --output-dir (newest checkpoint) or one checkpoint folder; "
+                   "the saved config is used unless --config is given")
     p.add_argument("--student", default=None, help="student name/path/hub id (default: TASK-student)")
     p.add_argument("--teacher", default=None, help="teacher name/path/hub id (default: TASK-teacher)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -111,7 +123,7 @@ def add_demo_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--task", default="addition", help="which lab-bench task")
-    p.add_argument("--steps", type=int, default=100, help="student optimizer steps per method")
+    p.add_argument("--steps", type=int, default=250, help="student optimizer steps per method")
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--out", default="odistill_demo", help="folder for the plot and results.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -42,6 +42,7 @@ def run_distillation(
     final_eval_n: int = 500,
     samples_per_prompt: int = 4,
     threads: int | None = None,
+    resume_from: str | Path | None = None,
 ) -> dict:
     """Distil the (shipped) teacher of ``task`` into the (shipped, warm-started) student and measure both.
 
@@ -54,6 +55,7 @@ def run_distillation(
         final_eval_n: held-out prompts for the before/after evaluation.
         samples_per_prompt: temperature-1 samples per prompt for ``sampled`` accuracy / validity.
         threads: ``torch.set_num_threads`` for the run (default: leave as is).
+        resume_from: continue an interrupted run from its checkpoint (see :func:`~odistill.distill`).
 
     Returns:
         A JSON-ready dict: ``task, config, student_accuracy_before, student_accuracy_after,
@@ -77,7 +79,7 @@ def run_distillation(
     before_acc, before_sampled = measure(student_model)
     eval_fn = make_eval_fn(task_obj, tokenizer, n=eval_n) if config.eval_every else None  # before/after measured below
     result = distill(student_model, teacher_model, tokenizer, task_obj.make_dataset(4000, seed=config.seed), config,
-                     eval_fn=eval_fn)
+                     eval_fn=eval_fn, resume_from=resume_from)
     after_acc, after_sampled = measure(result.student)
     return {
         "task": task_obj.name,
@@ -119,8 +121,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(task: str = "addition", *, steps: int = 100, seed: int = 0, out_dir: str | Path = "odistill_demo",
-             batch_size: int = 64, lr: float = 1e-3, eval_every: int = 10, progress: bool = True) -> dict:
+def run_demo(task: str = "addition", *, steps: int = 250, seed: int = 0, out_dir: str | Path = "odistill_demo",
+             batch_size: int = 64, lr: float = 2e-3, lr_schedule: str = "cosine", eval_every: int = 25,
+             progress: bool = True) -> dict:
     """Off-policy forward KL vs on-policy reverse KL at equal student steps: a table and a plot.
 
     Both runs start from the same shipped warm-started student and the same teacher, with the same
@@ -131,8 +134,8 @@ def run_demo(task: str = "addition", *, steps: int = 100, seed: int = 0, out_dir
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, kw in DEMO_METHODS.items():
-        config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, seed=seed,
-                               progress=progress, **kw)
+        config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, eval_every=eval_every,
+                               seed=seed, progress=progress, **kw)
         run = run_distillation(task, config=config)
         run["name"] = name
         rows.append(run)

@@ -38,7 +38,7 @@ from .rollouts import Rollouts, completion_logits, resolve_special_ids, rollouts
 from .sampler import sample
 from .teacher import TeacherScorer, check_vocab_compatible
 
-__all__ = ["distill", "DistillResult", "DatasetError"]
+__all__ = ["distill", "DistillResult", "DatasetError", "latest_checkpoint"]
 
 
 class DatasetError(ValueError):
@@ -152,16 +152,38 @@ def _atomic_save_dir(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _save_checkpoint(path: Path, student, tokenizer, optimizer, scheduler, config, step, history, rng):
+def _save_checkpoint(path: Path, student, tokenizer, optimizer, scheduler, config, step, history, rngs):
+    """Everything needed to continue exactly: weights, tokenizer, optimizer, scheduler, RNGs, step, config."""
+
     def write(tmp: Path):
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.random.get_rng_state(), "python_rng": rng.getstate()}, tmp / "trainer_state.pt")
+                    "torch_rng": torch.random.get_rng_state(),
+                    "python_rngs": {name: r.getstate() for name, r in rngs.items()}, "step": step},
+                   tmp / "trainer_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}, indent=1))
         config.save(tmp / "distill_config.json")
 
     _atomic_save_dir(path, write)
+
+
+def latest_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder to resume from: ``path`` itself if it is one, else its newest ``checkpoint-*``.
+
+    Raises:
+        FileNotFoundError: no checkpoint there (with what was looked for).
+    """
+    path = Path(path)
+    if (path / "trainer_state.pt").is_file():
+        return path
+    candidates = sorted(p for p in path.glob("checkpoint-*") if (p / "trainer_state.pt").is_file()) if path.is_dir() else []
+    if not candidates:
+        raise FileNotFoundError(
+            f"no checkpoint to resume from in {str(path)!r}: expected a folder written by distill() (with "
+            "trainer_state.pt) or an output_dir holding checkpoint-NNNNNN folders"
+        )
+    return candidates[-1]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,7 +220,7 @@ def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None = None, *,
             eval_fn: Callable[[torch.nn.Module], dict] | None = None, callback: Callable[[dict], None] | None = None,
-            ) -> DistillResult:
+            resume_from: str | Path | None = None) -> DistillResult:
     """Distil ``teacher`` into ``student`` on the prompts of ``dataset``.
 
     Args:
@@ -212,6 +234,14 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
         eval_fn: ``eval_fn(student) -> dict`` of metrics, called before training, after the last step,
             and every ``config.eval_every`` steps (if > 0); keys are stored as ``eval/<key>``.
         callback: called with each history row as it is produced (for live plots).
+        resume_from: a checkpoint folder (or an ``output_dir``: its newest checkpoint) written by an
+            earlier run with the same config; training continues after its step, with its weights,
+            optimizer, scheduler, random states and history, and reaches the same numbers as a run
+            that was never interrupted.
+
+    Checkpoints (``save_every`` > 0) are written atomically to ``output_dir/checkpoint-NNNNNN``. On
+    Ctrl-C (KeyboardInterrupt) with an ``output_dir``, a checkpoint of the last finished step is
+    written before the exception propagates, so nothing trained is lost.
 
     Returns:
         :class:`DistillResult` with the trained student and the per-step history.
@@ -250,6 +280,11 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
 
     history: list[dict] = []
     skipped = 0
+    first_step = 1
+    rngs = {"coin": coin, "picker": picker}
+    if resume_from is not None:
+        first_step, history = _restore(latest_checkpoint(resume_from), unwrapped, optimizer, scheduler, rngs, config)
+        skipped = sum(1 for row in history if row.get("skipped"))
 
     def run_eval(step: int, row: dict):
         if eval_fn is None or not accelerator.is_main_process:
@@ -261,21 +296,19 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
         unwrapped.train(was_training)
         row.update({f"eval/{k}": v for k, v in metrics.items()})
 
-    if eval_fn is not None:
+    if eval_fn is not None and first_step == 1:
         row = {"step": 0}
         run_eval(0, row)
         history.append(row)
         if callback:
             callback(row)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(range(1, config.steps + 1), desc=config.describe(), disable=not (config.progress and accelerator.is_main_process))
-    start = time.perf_counter()
-    for step in bar:
+    def _train_step(step: int) -> int:
+        """One optimizer step (grad_accum micro-batches); returns 1 if the update was skipped."""
         t0 = time.perf_counter()
         row = {"step": step, "loss": 0.0, "reverse_kl": 0.0, "tokens": 0, "completion_length": 0.0}
         finite = True
+        was_skipped = 0
         for micro in range(config.grad_accum):
             on_policy = coin.random() < config.lmbda
             global_batch = [picker.randrange(len(data)) for _ in range(config.batch_size * world)]
@@ -317,7 +350,7 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
             optimizer.step()
             scheduler.step()
         else:
-            skipped += 1
+            was_skipped = 1
             warnings.warn(f"step {step}: the loss or its gradient is not finite; the update was skipped "
                           "(not applied to the weights)", RuntimeWarning, stacklevel=2)
         optimizer.zero_grad(set_to_none=True)
@@ -333,11 +366,56 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
             bar.set_postfix(loss=f"{row['loss']:.3f}", rkl=f"{row['reverse_kl']:.3f}")
         if config.save_every and step % config.save_every == 0 and accelerator.is_main_process:
             _save_checkpoint(Path(config.output_dir) / f"checkpoint-{step:06d}", unwrapped, tokenizer, optimizer,
-                             scheduler, config, step, history, coin)
+                             scheduler, config, step, history, rngs)
+        return was_skipped
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(first_step, config.steps + 1), desc=config.describe(), initial=first_step - 1, total=config.steps,
+               disable=not (config.progress and accelerator.is_main_process))
+    start = time.perf_counter()
+    step = first_step - 1
+    try:
+        for step in bar:
+            skipped += _train_step(step)
+    except KeyboardInterrupt:
+        done = history[-1]["step"] if history and "loss" in history[-1] else first_step - 1  # last finished step
+        if config.output_dir and accelerator.is_main_process and done >= first_step:
+            target = Path(config.output_dir) / f"checkpoint-{done:06d}"
+            _save_checkpoint(target, unwrapped, tokenizer, optimizer, scheduler, config, done, history, rngs)
+            warnings.warn(f"interrupted: saved a checkpoint of step {done} to {target}; continue with "
+                          f"resume_from={str(config.output_dir)!r} (odistill distill --resume)", stacklevel=2)
+        raise
     seconds = time.perf_counter() - start
     accelerator.wait_for_everyone()
     unwrapped.eval()
     return DistillResult(student=unwrapped, history=history, seconds=seconds, skipped_steps=skipped)
+
+
+def _restore(path: Path, student, optimizer, scheduler, rngs, config):
+    """Load a checkpoint into the live objects; return (first step to run, history so far)."""
+    from safetensors.torch import load_file
+
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    saved = DistillConfig.load(path / "distill_config.json")
+    if saved.seed != config.seed or saved.lmbda != config.lmbda or saved.batch_size != config.batch_size:
+        warnings.warn(f"resuming {path} with a config that differs from the saved one (seed/lmbda/batch_size); "
+                      "the run will not reproduce an uninterrupted one", stacklevel=3)
+    weights = {}
+    for file in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(file))
+    missing, unexpected = student.load_state_dict(weights, strict=False)
+    real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are saved once
+    if real_missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit this student: missing {real_missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.random.set_rng_state(state["torch_rng"])
+    for name, rng in rngs.items():
+        rng.setstate(state["python_rngs"][name])
+    history = json.loads((path / "trainer_state.json").read_text())["history"]
+    return int(state["step"]) + 1, history
 
 
 def _loss(model, rollouts: Rollouts, scorer: TeacherScorer, config: DistillConfig, vocab: int):
