@@ -77,6 +77,8 @@ def distillation_loss(
     the full-vocabulary divergence (notebook 02 measures the gap: a forward KL of 0.55 at k = 4 where
     the full value is 0.96). It tends to the full divergence as k grows to cover the mass of both
     models, and equals it at k = V. Use it to save teacher memory with a k that covers most of the mass.
+    Where the student gives a top-k token probability 0 (a ``-inf`` logit), its logit there counts as
+    :data:`~odistill.divergences.MASKED_LOG_PROB`, so the value stays finite.
 
     Example:
         >>> s, t = torch.zeros(1, 2, 3), torch.tensor([[[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]])
@@ -97,6 +99,10 @@ def distillation_loss(
                 f"teacher top-k scores {tuple(ids.shape)} do not match student logits {tuple(student_logits.shape)}"
             )
         student_on_support = student_logits.gather(-1, ids)  # (B, T, k)
+        # a student that forbids (-inf) every top-k token has no distribution on the support: a finite
+        # floor keeps the row defined (uniform there) instead of NaN
+        floor = torch.full_like(student_on_support, MASKED_LOG_PROB)
+        student_on_support = torch.where(torch.isneginf(student_on_support), floor, student_on_support)
         return _divergence(student_on_support, teacher_scores.topk_logprobs, completion_mask, divergence, beta,
                            temperature, reduction)
     raise ValueError(
