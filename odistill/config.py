@@ -79,6 +79,7 @@ class DistillConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     teacher_micro_batch_size: int | None = None
+    teacher_device: str | None = None  # None: the student's device; e.g. "cuda:1" to keep the teacher apart
     progress: bool = True
     # data columns
     prompt_column: str = "prompt"

@@ -264,7 +264,8 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
     picker = random.Random(config.seed + 1)  # identical on every process: disjoint slices of one global batch
 
     teacher_mode = "sampled" if config.estimator == "sampled" else ("topk" if config.teacher_top_k else "full")
-    scorer = TeacherScorer(teacher, mode=teacher_mode, k=config.teacher_top_k or 1, device=device,
+    scorer = TeacherScorer(teacher, mode=teacher_mode, k=config.teacher_top_k or 1,
+                           device=config.teacher_device or device,
                            micro_batch_size=config.teacher_micro_batch_size, vocab_size=vocab)
 
     student.to(device)
