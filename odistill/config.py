@@ -59,6 +59,7 @@ class DistillConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 16
+    sampler_backend: str = "hf"  # a key of odistill.sampler.BACKENDS
     # loss
     loss_temperature: float = 1.0
     # optimisation
@@ -138,6 +139,8 @@ class DistillConfig:
              f"from, which dataset completions do not have: use lmbda=1 (fully on-policy, got {self.lmbda}), or "
              "seq_kd=True (off-policy batches sampled from the teacher), or estimator='full'")
         need(self.save_every == 0 or self.output_dir, "save_every > 0 needs an output_dir to write checkpoints to")
+        need(isinstance(self.sampler_backend, str) and self.sampler_backend != "",
+             f"sampler_backend must be the name of a registered backend, got {self.sampler_backend!r}")
         need(isinstance(self.device, str) and self.device != "", f"device must be a string like 'auto', got {self.device!r}")
         return self
 

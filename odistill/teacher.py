@@ -29,6 +29,7 @@ from .rollouts import Rollouts, completion_logits
 __all__ = ["TeacherScorer", "TeacherScores", "output_vocab_size", "check_vocab_compatible"]
 
 _MODES = ("full", "topk", "sampled")
+_LSE_ROWS = 1  # sequences per float32 logsumexp chunk in the topk / sampled modes
 
 
 @dataclass
@@ -132,18 +133,24 @@ class TeacherScorer:
         return next(self.model.parameters()).device
 
     def _score_rows(self, rollouts: Rollouts) -> TeacherScores:
-        logits = completion_logits(self.model, rollouts, vocab_size=self.vocab_size)  # (b, T, V)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (b, T, V)
+        logits = completion_logits(self.model, rollouts, vocab_size=self.vocab_size)  # (b, T, V), model dtype
         ids = rollouts.completion_ids  # (b, T)
-        in_vocab = ids < logprobs.shape[-1]
-        token = logprobs.gather(-1, ids.clamp_max(logprobs.shape[-1] - 1)[..., None]).squeeze(-1)
+        in_vocab = ids < logits.shape[-1]
+        safe_ids = ids.clamp_max(logits.shape[-1] - 1)[..., None]
+        if self.mode == "full":
+            logprobs = torch.log_softmax(logits.float(), dim=-1)  # (b, T, V)
+            token = logprobs.gather(-1, safe_ids).squeeze(-1)
+        else:
+            # log p(x) = logit(x) − logsumexp(logits), in float32 a few rows at a time: no (b, T, V) float32 copy
+            lse = torch.cat([chunk.float().logsumexp(-1) for chunk in logits.split(_LSE_ROWS, dim=0)])  # (b, T)
+            token = logits.gather(-1, safe_ids).squeeze(-1).float() - lse
         token = torch.where(in_vocab, token, torch.full_like(token, MASKED_LOG_PROB))
         token = token.masked_fill(~rollouts.completion_mask, 0.0)
         if self.mode == "full":
             return TeacherScores("full", token, logprobs=logprobs)
         if self.mode == "topk":
-            values, indices = logprobs.topk(self.k, dim=-1)  # (b, T, k), descending
-            return TeacherScores("topk", token, topk_logprobs=values, topk_ids=indices)
+            values, indices = logits.topk(self.k, dim=-1)  # (b, T, k), descending (log-softmax keeps the order)
+            return TeacherScores("topk", token, topk_logprobs=values.float() - lse[..., None], topk_ids=indices)
         return TeacherScores("sampled", token)
 
     def __call__(self, rollouts: Rollouts) -> TeacherScores:

@@ -319,11 +319,11 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
             if on_policy:
                 rollouts = sample(unwrapped, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                                   temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                                  seed=sample_seed, source="student")
+                                  seed=sample_seed, source="student", backend=config.sampler_backend)
             elif config.seq_kd:
                 rollouts = sample(scorer.model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                                   temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                                  seed=sample_seed, source="teacher").to(device)
+                                  seed=sample_seed, source="teacher", backend=config.sampler_backend).to(device)
             else:
                 rollouts = rollouts_from_text(tokenizer, prompts, [data.completions[i] for i in idx]).to(device)
             last = micro == config.grad_accum - 1
