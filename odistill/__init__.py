@@ -25,7 +25,7 @@ from .divergences import (
 )
 from .evaluation import evaluate, generate_completions
 from .loss import distillation_loss, sampled_token_loss
-from .models import MODEL_SIZES, build_model, list_shipped, load_model
+from .models import MODEL_SIZES, build_model, list_shipped, load_model, read_metadata
 from .rollouts import Rollouts, completion_logits, rollouts_from_text
 from .sampler import sample
 from .sft import train_sft
@@ -73,6 +73,7 @@ __all__ = [
     "build_model",
     "load_model",
     "list_shipped",
+    "read_metadata",
     "train_sft",
     "evaluate",
     "generate_completions",

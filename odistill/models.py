@@ -43,8 +43,7 @@ __all__ = [
     "list_shipped",
     "load_model",
     "save_checkpoint",
-    "resolve_device",
-]
+    "resolve_device", "read_metadata"]
 
 #: Named model sizes. ``layers`` × ``hidden`` with ``heads`` attention heads and an MLP of width ``mlp``.
 MODEL_SIZES: dict[str, dict] = {
