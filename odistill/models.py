@@ -43,7 +43,9 @@ __all__ = [
     "list_shipped",
     "load_model",
     "save_checkpoint",
-    "resolve_device", "read_metadata"]
+    "resolve_device",
+    "read_metadata",
+]
 
 #: Named model sizes. ``layers`` × ``hidden`` with ``heads`` attention heads and an MLP of width ``mlp``.
 MODEL_SIZES: dict[str, dict] = {
