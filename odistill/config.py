@@ -13,8 +13,8 @@ The names follow GKD / TRL so that settings carry over between libraries:
                       ``"sampled"``: per-token reverse KL on the sampled tokens as a negative advantage
                       with an importance-sampling loss (Thinking Machines; needs only the teacher's
                       log-prob of each sampled token). Always reverse KL, whatever β says. A
-                     single-sample estimate is noisier: use a smaller ``lr`` than for "full"
-                     (notebook 05 shows it diverging at the full estimator's 2e-3 on addition).
+                      single-sample estimate is noisier: use a smaller ``lr`` than for "full"
+                      (notebook 05 shows it diverging at the full estimator's 2e-3 on addition).
 ``temperature``       **sampling** temperature of the rollouts.
 ``loss_temperature``  temperature of the distributions inside the loss ("full" estimator); kept
                       separate from the sampling temperature on purpose.
