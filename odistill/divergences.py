@@ -10,6 +10,11 @@ Conventions (the same everywhere in odistill)::
     forward_kl  = KL(p_T ‖ p_S) = Σ_v p_T (log p_T − log p_S)     mode covering  (GKD β = 0)
     reverse_kl  = KL(p_S ‖ p_T) = Σ_v p_S (log p_S − log p_T)     mode seeking   (GKD β = 1)
 
+Memory: large inputs (more than 2**22 logits) are computed chunk by chunk with the gradient written in
+place (:mod:`odistill.chunked`): the same numbers in O(chunk·V) extra memory instead of several
+``(N, V)`` temporaries. Every two-distribution divergence takes ``chunk_size``: ``"auto"`` (default),
+``None`` (never chunk) or a number of rows per chunk.
+
 Reductions: ``"mean"`` averages over the unmasked positions (0 when there are none, with zero
 gradients, never NaN), ``"sum"`` adds them, ``"none"`` returns the per-position values with shape
 ``(...)`` and zeros at masked positions.
@@ -155,20 +160,56 @@ def _reduce(values: torch.Tensor, mask: torch.Tensor | None, batch_shape: torch.
     return torch.zeros(batch_shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
 
-def _pairwise(student_logits, teacher_logits, mask, temperature, reduction):
-    """Shared front half of every two-distribution divergence: validate, gather, log-softmax."""
+def _validate_pair(student_logits, teacher_logits, mask, temperature, reduction):
+    """Validate the inputs of a two-distribution divergence; the mask comes back as bool on the logits' device."""
     _check_logit_pair(student_logits, teacher_logits)
     _check_reduction(reduction)
     temperature = _check_temperature(temperature)
-    batch_shape = student_logits.shape[:-1]
-    mask = _check_mask(mask, batch_shape, "student_logits")
+    mask = _check_mask(mask, student_logits.shape[:-1], "student_logits")
     if mask is not None and mask.device != student_logits.device:
         mask = mask.to(student_logits.device)
+    return teacher_logits.to(student_logits.device), mask, temperature
+
+
+def _pairwise(student_logits, teacher_logits, mask, temperature, reduction):
+    """Shared front half of every two-distribution divergence: validate, gather, log-softmax."""
+    teacher_logits, mask, temperature = _validate_pair(student_logits, teacher_logits, mask, temperature, reduction)
+    batch_shape = student_logits.shape[:-1]
     dtype = _compute_dtype(student_logits, teacher_logits)
-    teacher_logits = teacher_logits.to(student_logits.device)
     log_s = _floored_log_softmax(_active_rows(student_logits, mask), temperature, dtype)  # (N, V)
     log_t = _floored_log_softmax(_active_rows(teacher_logits, mask), temperature, dtype)  # (N, V)
     return log_s, log_t, mask, batch_shape
+
+
+# ----------------------------------------------------------------------------------------------
+# chunking hook: large logits go through odistill.chunked (same numbers, O(chunk·V) extra memory)
+# ----------------------------------------------------------------------------------------------
+
+
+def _use_chunks(student_logits, chunk_size) -> bool:
+    """``chunk_size="auto"``: chunk when the logits have more than ``chunked.AUTO_MIN_ELEMENTS`` elements;
+    ``None``: never (the plain autograd path); an int ≥ 1: always, with that many rows per chunk."""
+    if chunk_size is None:
+        return False
+    if isinstance(chunk_size, str):
+        if chunk_size != "auto":
+            raise ValueError(f"chunk_size must be 'auto', None or an integer >= 1, got {chunk_size!r}")
+        from .chunked import AUTO_MIN_ELEMENTS
+
+        return isinstance(student_logits, torch.Tensor) and student_logits.numel() > AUTO_MIN_ELEMENTS
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be 'auto', None or an integer >= 1, got {chunk_size!r}")
+    return True
+
+
+def _chunked(kind, student_logits, teacher_logits, mask, temperature, reduction, chunk_size, weight=None):
+    """Validate exactly as the plain path does, then compute chunk by chunk (see :mod:`odistill.chunked`)."""
+    from .chunked import chunked_divergence
+
+    teacher_logits, mask, temperature = _validate_pair(student_logits, teacher_logits, mask, temperature, reduction)
+    rows = None if chunk_size == "auto" else chunk_size
+    return chunked_divergence(kind, student_logits, teacher_logits, mask, weight=weight, temperature=temperature,
+                              reduction=reduction, chunk_size=rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,7 +217,7 @@ def _pairwise(student_logits, teacher_logits, mask, temperature, reduction):
 # ----------------------------------------------------------------------------------------------
 
 
-def forward_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean"):
+def forward_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"):
     """Forward KL, KL(p_T ‖ p_S) = Σ_v p_T (log p_T − log p_S): mode covering (GKD β = 0).
 
     The student is penalised wherever the teacher has mass and the student has little, so it spreads
@@ -188,17 +229,22 @@ def forward_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, re
         mask: optional ``(...)`` bool tensor, True where the position counts.
         temperature: both logits are divided by it before the softmax (> 0).
         reduction: ``"mean"`` over unmasked positions, ``"sum"``, or ``"none"`` → ``(...)``.
+        chunk_size: ``"auto"`` (default) computes large inputs (more than 2**22 logits) chunk by chunk
+            in O(chunk·V) extra memory (:mod:`odistill.chunked`, same numbers); ``None`` never
+            chunks; an integer always chunks, with that many rows per chunk.
 
     Example:
         >>> s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]])
         >>> round(forward_kl(s, t).item(), 4)  # 0.25·log(0.25/0.5) + 0.75·log(0.75/0.5)
         0.1308
     """
+    if _use_chunks(student_logits, chunk_size):
+        return _chunked("forward_kl", student_logits, teacher_logits, mask, temperature, reduction, chunk_size)
     log_s, log_t, mask, shape = _pairwise(student_logits, teacher_logits, mask, temperature, reduction)
     return _reduce(_kl_rows(log_t, log_s), mask, shape, reduction)
 
 
-def reverse_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean"):
+def reverse_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"):
     """Reverse KL, KL(p_S ‖ p_T) = Σ_v p_S (log p_S − log p_T): mode seeking (GKD β = 1).
 
     The student is penalised wherever *it* puts mass that the teacher does not, so it prefers to sit
@@ -211,12 +257,17 @@ def reverse_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, re
         mask: optional ``(...)`` bool tensor, True where the position counts.
         temperature: both logits are divided by it before the softmax (> 0).
         reduction: ``"mean"`` over unmasked positions, ``"sum"``, or ``"none"`` → ``(...)``.
+        chunk_size: ``"auto"`` (default) computes large inputs (more than 2**22 logits) chunk by chunk
+            in O(chunk·V) extra memory (:mod:`odistill.chunked`, same numbers); ``None`` never
+            chunks; an integer always chunks, with that many rows per chunk.
 
     Example:
         >>> s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]])
         >>> round(reverse_kl(s, t).item(), 4)  # 0.5·log(0.5/0.25) + 0.5·log(0.5/0.75)
         0.1438
     """
+    if _use_chunks(student_logits, chunk_size):
+        return _chunked("reverse_kl", student_logits, teacher_logits, mask, temperature, reduction, chunk_size)
     log_s, log_t, mask, shape = _pairwise(student_logits, teacher_logits, mask, temperature, reduction)
     return _reduce(_kl_rows(log_s, log_t), mask, shape, reduction)
 
@@ -226,7 +277,8 @@ def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> t
     return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
 
 
-def generalized_jsd(student_logits, teacher_logits, mask=None, *, beta=0.5, temperature=1.0, reduction="mean"):
+def generalized_jsd(student_logits, teacher_logits, mask=None, *, beta=0.5, temperature=1.0, reduction="mean",
+                    chunk_size="auto"):
     """Generalized Jensen–Shannon divergence JSD(β) of GKD (Agarwal et al., 2024).
 
     ``M = β·p_T + (1 − β)·p_S`` and ``JSD(β) = β·KL(p_T ‖ M) + (1 − β)·KL(p_S ‖ M)``.
@@ -244,6 +296,9 @@ def generalized_jsd(student_logits, teacher_logits, mask=None, *, beta=0.5, temp
         beta: interpolation weight in [0, 1] (weight of the teacher in the mixture M).
         temperature: both logits are divided by it before the softmax (> 0).
         reduction: ``"mean"`` over unmasked positions, ``"sum"``, or ``"none"`` → ``(...)``.
+        chunk_size: ``"auto"`` (default) computes large inputs (more than 2**22 logits) chunk by chunk
+            in O(chunk·V) extra memory (:mod:`odistill.chunked`, same numbers); ``None`` never
+            chunks; an integer always chunks, with that many rows per chunk.
 
     Example:
         >>> s, t = torch.tensor([[10.0, -10.0]]), torch.tensor([[-10.0, 10.0]])
@@ -251,6 +306,8 @@ def generalized_jsd(student_logits, teacher_logits, mask=None, *, beta=0.5, temp
         0.6931
     """
     beta = _check_unit_interval("beta", beta)
+    if _use_chunks(student_logits, chunk_size):
+        return _chunked("generalized_jsd", student_logits, teacher_logits, mask, temperature, reduction, chunk_size, beta)
     log_s, log_t, mask, shape = _pairwise(student_logits, teacher_logits, mask, temperature, reduction)
     if beta == 0.0:
         values = _kl_rows(log_t, log_s)
@@ -262,7 +319,8 @@ def generalized_jsd(student_logits, teacher_logits, mask=None, *, beta=0.5, temp
     return _reduce(values, mask, shape, reduction)
 
 
-def skew_forward_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, temperature=1.0, reduction="mean"):
+def skew_forward_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, temperature=1.0, reduction="mean",
+                    chunk_size="auto"):
     """Skew forward KL of DistiLLM: KL(p_T ‖ α·p_T + (1 − α)·p_S).
 
     Mixing a little of the teacher into the student keeps the divergence bounded (≤ −log α) and its
@@ -270,7 +328,7 @@ def skew_forward_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, tem
     :func:`forward_kl`; α = 1 gives 0.
 
     Args:
-        student_logits, teacher_logits, mask, temperature, reduction: as in :func:`forward_kl`.
+        student_logits, teacher_logits, mask, temperature, reduction, chunk_size: as in :func:`forward_kl`.
         alpha: skew in [0, 1] (DistiLLM uses 0.1).
 
     Example:
@@ -279,6 +337,8 @@ def skew_forward_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, tem
         2.3
     """
     alpha = _check_unit_interval("alpha", alpha)
+    if alpha < 1.0 and _use_chunks(student_logits, chunk_size):
+        return _chunked("skew_forward_kl", student_logits, teacher_logits, mask, temperature, reduction, chunk_size, alpha)
     log_s, log_t, mask, shape = _pairwise(student_logits, teacher_logits, mask, temperature, reduction)
     if alpha == 0.0:
         log_mix = log_s
@@ -289,13 +349,14 @@ def skew_forward_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, tem
     return _reduce(_kl_rows(log_t, log_mix), mask, shape, reduction)
 
 
-def skew_reverse_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, temperature=1.0, reduction="mean"):
+def skew_reverse_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, temperature=1.0, reduction="mean",
+                    chunk_size="auto"):
     """Skew reverse KL of DistiLLM: KL(p_S ‖ α·p_S + (1 − α)·p_T).
 
     α = 0 is :func:`reverse_kl`; α = 1 gives 0; the value is bounded by −log α.
 
     Args:
-        student_logits, teacher_logits, mask, temperature, reduction: as in :func:`reverse_kl`.
+        student_logits, teacher_logits, mask, temperature, reduction, chunk_size: as in :func:`reverse_kl`.
         alpha: skew in [0, 1] (DistiLLM uses 0.1).
 
     Example:
@@ -304,6 +365,8 @@ def skew_reverse_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, tem
         0.0
     """
     alpha = _check_unit_interval("alpha", alpha)
+    if alpha < 1.0 and _use_chunks(student_logits, chunk_size):
+        return _chunked("skew_reverse_kl", student_logits, teacher_logits, mask, temperature, reduction, chunk_size, alpha)
     log_s, log_t, mask, shape = _pairwise(student_logits, teacher_logits, mask, temperature, reduction)
     if alpha == 0.0:
         log_mix = log_t
@@ -314,19 +377,22 @@ def skew_reverse_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, tem
     return _reduce(_kl_rows(log_s, log_mix), mask, shape, reduction)
 
 
-def total_variation(student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean"):
-    """Total variation distance, TVD(p_S, p_T) = ½ Σ_v |p_S − p_T| ∈ [0, 1].
+def total_variation(student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean",
+                    chunk_size="auto"):
+    """Total variation distance, ``TVD(p_S, p_T) = ½ Σ_v |p_S − p_T|`` ∈ [0, 1].
 
     Symmetric and bounded: the largest difference in probability the two models give any event.
 
     Args:
-        student_logits, teacher_logits, mask, temperature, reduction: as in :func:`forward_kl`.
+        student_logits, teacher_logits, mask, temperature, reduction, chunk_size: as in :func:`forward_kl`.
 
     Example:
         >>> s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]])
         >>> round(total_variation(s, t).item(), 4)  # ½(|0.5 − 0.25| + |0.5 − 0.75|)
         0.25
     """
+    if _use_chunks(student_logits, chunk_size):
+        return _chunked("total_variation", student_logits, teacher_logits, mask, temperature, reduction, chunk_size)
     log_s, log_t, mask, shape = _pairwise(student_logits, teacher_logits, mask, temperature, reduction)
     values = 0.5 * (log_s.exp() - log_t.exp()).abs().sum(-1)
     return _reduce(values, mask, shape, reduction)
