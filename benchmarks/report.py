@@ -1,0 +1,161 @@
+"""Turn the benchmarks' JSON files into ``results.md`` (tables + headline ratios), ``results.json`` and a PNG.
+
+    python benchmarks/report.py [--dir benchmarks/results]
+
+Reads ``jsd.json``, ``step.json``, ``teacher_memory.json`` and ``steps_to_target.json`` from the folder
+(whichever exist) and writes ``results.md``, ``results.json`` (everything, merged) and ``ratios.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _common import RESULTS, fmt_stats, markdown_table
+
+PARTS = ("jsd", "step", "teacher_memory", "steps_to_target")
+
+
+def _load(folder: Path) -> dict:
+    out = {}
+    for name in PARTS:
+        path = folder / f"{name}.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def _verdict(value: float | None, ok) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if ok(value) else "**missed**"
+
+
+def headline(data: dict) -> tuple[list[list[str]], list[dict]]:
+    """Rows of the headline table: target, measured (median, min–max), verdict on the median."""
+    rows, records = [], []
+
+    def add(what, target, s, ok, note=""):
+        med = s["median"] if s else None
+        rows.append([what, target, fmt_stats(s) if s else "–", _verdict(med, ok), note])
+        records.append({"what": what, "target": target, "stats": s, "met": None if med is None else bool(ok(med))})
+
+    jsd = data.get("jsd")
+    if jsd and jsd.get("peer"):
+        for case in jsd["cases"]:
+            label = f"JSD β={case['beta']:g} {tuple(case['shape'])}"
+            add(f"{label}: peak memory above inputs, odistill/TRL", "≤ 0.25", case.get("memory_ratio"),
+                lambda v: v <= 0.25)
+            add(f"{label}: time, odistill/TRL", "≤ 1.0", case.get("time_ratio"), lambda v: v <= 1.0)
+        acc = jsd.get("accuracy") or []
+        worst = max((max(r["odistill_value_rel_err"], r["odistill_grad_rel_err"]) for r in acc), default=None)
+        worst_trl = max((max(r.get("odistill_vs_trl_value_rel", 0), r.get("odistill_vs_trl_grad_rel", 0)) for r in acc),
+                        default=None)
+        if worst is not None:
+            add("JSD values & gradients vs float64 reference (worst rel. error)", "≤ 1e-5",
+                {"min": worst, "median": worst, "max": worst, "n": 1}, lambda v: v <= 1e-5)
+        if worst_trl is not None:
+            add("JSD values & gradients vs TRL (worst rel. difference)", "≤ 1e-5",
+                {"min": worst_trl, "median": worst_trl, "max": worst_trl, "n": 1}, lambda v: v <= 1e-5)
+    step = data.get("step")
+    if step and step.get("peer"):
+        for case in step["cases"]:
+            add(f"on-policy step ({case['case']}): speed-up, TRL time / odistill time", "≥ 2",
+                case.get("speedup_trl_over_odistill"), lambda v: v >= 2.0)
+            if case["case"] != "tiny":
+                add(f"on-policy step ({case['case']}): peak memory, odistill/TRL", "< 1", case.get("memory_ratio"),
+                    lambda v: v < 1.0)
+    teacher = data.get("teacher_memory")
+    if teacher:
+        res = teacher["results"].get("sampled", {})
+        add("teacher scoring peak memory, sampled/full", "report (O(B·T))", res.get("peak_ratio_vs_full"),
+            lambda v: True)
+    steps = data.get("steps_to_target")
+    if steps:
+        add(f"steps to 95 % of teacher, on/off-policy ({steps['settings']['task']}, β={steps['beta']:g})", "≤ 0.5",
+            steps.get("ratio_on_over_off"), lambda v: v <= 0.5,
+            "" if steps.get("ratio_on_over_off") else "a run did not reach the target")
+    return rows, records
+
+
+def plot(data: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return False
+    jsd, step = data.get("jsd"), data.get("step")
+    panels = []
+    if jsd and jsd.get("peer"):
+        panels += [("memory_ratio", "JSD peak memory above inputs\nodistill / TRL (target ≤ 0.25)", 0.25),
+                   ("time_ratio", "JSD forward + backward time\nodistill / TRL (target ≤ 1)", 1.0)]
+    if step and step.get("peer"):
+        panels.append(("speedup", "on-policy step speed-up\nTRL time / odistill time (target ≥ 2)", 2.0))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for ax, (key, title, target) in zip(axes, panels, strict=True):
+        if key == "speedup":
+            items = [(c["case"], c.get("speedup_trl_over_odistill")) for c in step["cases"]]
+        else:
+            items = [(f"β={c['beta']:g}\n{c['shape'][0]}×{c['shape'][1]}×{c['shape'][2]}", c.get(key))
+                     for c in jsd["cases"]]
+        items = [(label, s) for label, s in items if s]
+        labels = [label for label, _ in items]
+        med = [s["median"] for _, s in items]
+        err = [[s["median"] - s["min"] for _, s in items], [s["max"] - s["median"] for _, s in items]]
+        ax.bar(range(len(items)), med, yerr=err, capsize=4, color="tab:blue")
+        ax.axhline(target, color="tab:red", linestyle="--", label=f"target {target:g}")
+        ax.set_xticks(range(len(items)), labels, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(folder: Path = RESULTS) -> Path:
+    folder = Path(folder)
+    data = _load(folder)
+    rows, records = headline(data)
+    parts = ["# odistill performance results", ""]
+    machines = {name: d.get("machine") for name, d in data.items()}
+    first = next((m for m in machines.values() if m), {})
+    parts += [f"Measured {first.get('time', '?')} on {first.get('cpu_count', '?')} CPU cores, torch "
+              f"{first.get('torch', '?')}, TRL {first.get('trl') or 'not installed'}; "
+              "load average (1/5/15 min) at the start of each benchmark: "
+              + "; ".join(f"{name} {m.get('load_avg_1_5_15')}" for name, m in machines.items() if m) + ".", ""]
+    parts += ["Ratios: median (min–max) over paired repeats. Method: `benchmarks/README.md`.", ""]
+    if rows:
+        parts += ["## Headline", "", markdown_table(["measure", "target", "measured", "verdict", "note"], rows), ""]
+    titles = {"jsd": "Generalized JSD, forward + backward (float32, CPU)", "step": "One on-policy step (λ=1, β=1)",
+              "teacher_memory": "Teacher scoring memory", "steps_to_target": "Steps to 95 % of the teacher"}
+    for name in PARTS:
+        if name in data:
+            parts += [f"## {titles[name]}", "", data[name].get("table_md", "")]
+            if name == "jsd" and data[name].get("accuracy_md"):
+                parts += ["", "Accuracy against odistill's float64 reference (error = max|x − ref| / max|ref|):", "",
+                          data[name]["accuracy_md"]]
+            parts.append("")
+    if plot(data, folder / "ratios.png"):
+        parts += ["![ratios](ratios.png)", ""]
+    (folder / "results.md").write_text("\n".join(parts))
+    (folder / "results.json").write_text(json.dumps({"headline": records, **data}, indent=1, default=str))
+    print(f"wrote {folder / 'results.md'}, {folder / 'results.json'}" + (", ratios.png" if (folder / "ratios.png").exists() else ""))
+    return folder / "results.md"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    write_report(Path(args.dir))
+
+
+if __name__ == "__main__":
+    main()
