@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
     print("steps = optimizer steps until greedy accuracy ≥ 0.95 × teacher's (None: not within max steps)")
     print(table)
     payload = {"benchmark": "steps_to_target", "settings": settings, "beta": args.beta, "off": args.off,
-               "machine": info, "runs": runs, "ratio_on_over_off": stats(ratios), "table_md": table}
+               "threads": args.threads, "machine": info, "runs": runs, "ratio_on_over_off": stats(ratios), "table_md": table}
     write_json(args.json, payload)
     return payload
 

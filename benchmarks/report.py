@@ -4,6 +4,7 @@
 
 Reads ``jsd.json``, ``step.json``, ``teacher_memory.json`` and ``steps_to_target.json`` from the folder
 (whichever exist) and writes ``results.md``, ``results.json`` (everything, merged) and ``ratios.png``.
+Any ``extra_*.json`` with a ``title`` and a ``table_md`` is appended as a supplementary section.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def _load(folder: Path) -> dict:
 def _verdict(value: float | None, ok) -> str:
     if value is None:
         return "not measured"
+    if ok is None:
+        return "reported"
     return "met" if ok(value) else "**missed**"
 
 
@@ -39,7 +42,8 @@ def headline(data: dict) -> tuple[list[list[str]], list[dict]]:
     def add(what, target, s, ok, note=""):
         med = s["median"] if s else None
         rows.append([what, target, fmt_stats(s) if s else "–", _verdict(med, ok), note])
-        records.append({"what": what, "target": target, "stats": s, "met": None if med is None else bool(ok(med))})
+        records.append({"what": what, "target": target, "stats": s,
+                        "met": None if med is None or ok is None else bool(ok(med))})
 
     jsd = data.get("jsd")
     if jsd and jsd.get("peer"):
@@ -69,8 +73,8 @@ def headline(data: dict) -> tuple[list[list[str]], list[dict]]:
     teacher = data.get("teacher_memory")
     if teacher:
         res = teacher["results"].get("sampled", {})
-        add("teacher scoring peak memory, sampled/full", "report (O(B·T))", res.get("peak_ratio_vs_full"),
-            lambda v: True)
+        add("teacher scoring peak memory, sampled/full", "report (O(B·T))", res.get("peak_ratio_vs_full"), None,
+            f"scores kept: {res.get('kept_ratio_vs_full', float('nan')):.1g} of full")
     steps = data.get("steps_to_target")
     if steps:
         add(f"steps to 95 % of teacher, on/off-policy ({steps['settings']['task']}, β={steps['beta']:g})", "≤ 0.5",
@@ -102,7 +106,7 @@ def plot(data: dict, path: Path) -> bool:
         if key == "speedup":
             items = [(c["case"], c.get("speedup_trl_over_odistill")) for c in step["cases"]]
         else:
-            items = [(f"β={c['beta']:g}\n{c['shape'][0]}×{c['shape'][1]}×{c['shape'][2]}", c.get(key))
+            items = [(f"β={c['beta']:g}\n{c['shape'][0]}×{c['shape'][1]}\n×{round(c['shape'][2] / 1000)}k", c.get(key))
                      for c in jsd["cases"]]
         items = [(label, s) for label, s in items if s]
         labels = [label for label, _ in items]
@@ -126,10 +130,12 @@ def write_report(folder: Path = RESULTS) -> Path:
     parts = ["# odistill performance results", ""]
     machines = {name: d.get("machine") for name, d in data.items()}
     first = next((m for m in machines.values() if m), {})
-    parts += [f"Measured {first.get('time', '?')} on {first.get('cpu_count', '?')} CPU cores, torch "
-              f"{first.get('torch', '?')}, TRL {first.get('trl') or 'not installed'}; "
-              "load average (1/5/15 min) at the start of each benchmark: "
-              + "; ".join(f"{name} {m.get('load_avg_1_5_15')}" for name, m in machines.items() if m) + ".", ""]
+    parts += [f"Measured on {first.get('cpu_count', '?')} CPU cores, torch {first.get('torch', '?')}, "
+              f"TRL {first.get('trl') or 'not installed'}. Per benchmark: start time, torch threads, load average "
+              "(1/5/15 min) at the start (other processes share the machine):", ""]
+    parts += [f"- {name}: {m.get('time')}, {data[name].get('threads', '?')} thread(s), load {m.get('load_avg_1_5_15')}"
+              for name, m in machines.items() if m]
+    parts.append("")
     parts += ["Ratios: median (min–max) over paired repeats. Method: `benchmarks/README.md`.", ""]
     if rows:
         parts += ["## Headline", "", markdown_table(["measure", "target", "measured", "verdict", "note"], rows), ""]
@@ -142,6 +148,11 @@ def write_report(folder: Path = RESULTS) -> Path:
                 parts += ["", "Accuracy against odistill's float64 reference (error = max|x − ref| / max|ref|):", "",
                           data[name]["accuracy_md"]]
             parts.append("")
+    for path in sorted(folder.glob("extra_*.json")):
+        extra = json.loads(path.read_text())
+        if extra.get("table_md"):
+            parts += [f"## Supplementary: {extra.get('title', path.stem)}", "", extra.get("note", ""), "",
+                      extra["table_md"], ""]
     if plot(data, folder / "ratios.png"):
         parts += ["![ratios](ratios.png)", ""]
     (folder / "results.md").write_text("\n".join(parts))
