@@ -237,11 +237,16 @@ def completion_logits(model, rollouts: Rollouts, *, vocab_size: int | None = Non
     input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
     width = input_ids.shape[1] - rollouts.prompt_width  # T
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    total = input_ids.shape[1]
+    # columns P − 1 … P + T − 2: the hidden states are gathered before the LM head, so only T rows of
+    # logits are computed and they come out contiguous
+    keep = torch.arange(total - width - 1, total - 1, device=input_ids.device)
     try:
-        logits = model(**kwargs, logits_to_keep=width + 1, use_cache=False).logits
+        logits = model(**kwargs, logits_to_keep=keep, use_cache=False).logits
     except TypeError:  # a model without logits_to_keep: compute everything, then slice
-        logits = model(**kwargs, use_cache=False).logits
-    logits = logits[:, -(width + 1) : -1]  # (B, T, V)
+        logits = model(**kwargs, use_cache=False).logits[:, -(width + 1) : -1]
+    if logits.shape[1] != width:  # a model that ignores a tensor logits_to_keep
+        logits = logits[:, -(width + 1) : -1]
     if vocab_size is not None and logits.shape[-1] != vocab_size:
         logits = logits[..., :vocab_size]
     return logits

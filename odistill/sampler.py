@@ -42,43 +42,94 @@ class SamplerBackend(Protocol):
                  pad_id, eos_ids) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class _InverseCDFSampler:
+    """A logits processor that draws the next token itself and records its log-probability.
+
+    ``generate`` then runs greedy (``do_sample=False``): this processor returns ``-inf`` everywhere
+    except at the token it drew, so the argmax is that token. Why not ``torch.multinomial``? On CPU it
+    draws one exponential variate per vocabulary entry (the "exponential race"), which dominates a
+    sampling step at a 32k–150k vocabulary; inverse-CDF sampling needs one uniform per row: a cumulative
+    sum (in float64, so the last entry is exact to ~1e-16) and a binary search. Both draw exactly
+    from the same distribution. ``searchsorted(..., right=True)`` never lands on a token of
+    probability 0 (the CDF does not rise there). Top-k and top-p use the transformers warpers, so
+    their semantics (ties, ``min_tokens_to_keep``) are the library's.
+    """
+
+    def __init__(self, temperature: float, top_k: int, top_p: float):
+        from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+        self.temperature = temperature
+        self.warpers = ([TopKLogitsWarper(top_k)] if top_k > 0 else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+        self.tokens: list[torch.Tensor] = []
+        self.logprobs: list[torch.Tensor] = []
+        self._out: torch.Tensor | None = None
+        self._last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature if self.temperature != 1.0 else scores.float()  # (B, V)
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores, dim=-1)  # (B, V)
+        cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # (B, V), non-decreasing
+        u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]  # in [0, total)
+        token = torch.searchsorted(cdf, u, right=True).clamp_max_(cdf.shape[-1] - 1)  # (B, 1)
+        self.tokens.append(token.squeeze(1))
+        self.logprobs.append(probs.gather(1, token).log_().squeeze(1))
+        # the processed scores: -inf except the drawn token (one buffer, reset where the last token was)
+        if self._out is None or self._out.shape != scores.shape or self._out.device != scores.device:
+            self._out = torch.full_like(scores, float("-inf"))
+        elif self._last is not None:
+            self._out.scatter_(1, self._last, float("-inf"))
+        self._last = token
+        return self._out.scatter_(1, token, 0.0)
+
+
 class HFGenerateBackend:
     """Sampling with ``model.generate`` and the KV cache.
 
     The model's own ``generation_config`` (which for hub checkpoints often sets top-k, top-p or a
-    repetition penalty) is ignored: the distribution sampled from is exactly the one asked for.
+    repetition penalty) is ignored: the distribution sampled from is exactly the one asked for. The
+    token draw itself is :class:`_InverseCDFSampler` (one uniform per row instead of one exponential
+    per vocabulary entry), which also records log q(x_t) as it goes, so no ``(B, T, V)`` stack of
+    scores is ever kept.
     """
 
     def generate(self, model, prompt_ids, prompt_attention_mask, *, max_new_tokens, temperature, top_p, top_k,
                  pad_id, eos_ids):
+        from transformers import LogitsProcessorList
+
         greedy = temperature == 0.0
         params = GenerationConfig._get_default_generation_params()
         params.update(
-            do_sample=not greedy,
-            temperature=1.0 if greedy else temperature,
-            top_k=0 if greedy else top_k,
-            top_p=1.0 if greedy else top_p,
+            do_sample=False,  # greedy decoding, or greedy over the one token _InverseCDFSampler leaves
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
             max_new_tokens=max_new_tokens,
             max_length=None,
             pad_token_id=pad_id,
             eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0],
             use_cache=True,
             return_dict_in_generate=True,
-            output_scores=not greedy,
         )
         config = GenerationConfig(**params)
+        sampler = None if greedy else _InverseCDFSampler(temperature, top_k, top_p)
         saved = model.generation_config
         model.generation_config = GenerationConfig()  # no checkpoint defaults leak into the sampler
         try:
-            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_attention_mask, generation_config=config)
+            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_attention_mask, generation_config=config,
+                                 logits_processor=LogitsProcessorList([sampler] if sampler else []))
         finally:
             model.generation_config = saved
         completion = out.sequences[:, prompt_ids.shape[1] :]  # (B, T)
         if greedy:
             return completion, torch.zeros(completion.shape, dtype=torch.float32, device=completion.device)
-        scores = torch.stack(out.scores, dim=1)  # (B, T, V) processed logits: what was sampled from
-        logprobs = torch.log_softmax(scores.float(), dim=-1).gather(-1, completion[..., None]).squeeze(-1)
-        return completion, logprobs
+        drawn = torch.stack(sampler.tokens, dim=1)  # (B, T)
+        finished = completion == pad_id  # rows that already ended are padded by generate, not drawn
+        if not bool(((drawn == completion) | finished).all()):
+            raise RuntimeError("the sampled tokens and the generated ones disagree: a logits processor ran after "
+                               "odistill's sampler; please report this with your transformers version")
+        return completion, torch.stack(sampler.logprobs, dim=1)
 
 
 #: Registered sampling backends, by name.

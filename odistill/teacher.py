@@ -94,7 +94,7 @@ class TeacherScorer:
     """Score rollouts with a frozen teacher: ``scores = TeacherScorer(teacher, mode="full")(rollouts)``.
 
     The teacher is put in eval mode (dropout off) — a teacher left in train mode would give noisy
-    scores — and runs under ``torch.inference_mode``. It may sit on its own device: rollouts are
+    scores — and runs under ``torch.no_grad`` with its parameters frozen. It may sit on its own device: rollouts are
     moved there and the scores come back to the rollouts' device.
 
     Args:
@@ -159,15 +159,18 @@ class TeacherScorer:
         on_teacher = rollouts.to(self.device)
         step = self.micro_batch_size or len(on_teacher)
         parts = []
-        with torch.inference_mode():
+        # no_grad, not inference_mode: the scores enter the student's loss graph as constants, which
+        # inference tensors cannot (they would need a full copy on the way out)
+        with torch.no_grad():
             for start in range(0, len(on_teacher), step):
                 parts.append(self._score_rows(_slice_rows(on_teacher, start, start + step)))
-        cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
-        scores = TeacherScores(self.mode, cat("token_logprobs"), cat("logprobs"), cat("topk_logprobs"), cat("topk_ids"))
-        # inference tensors cannot enter autograd graphs; a plain clone on the way out makes them ordinary
-        return scores.to(home) if home != self.device else TeacherScores(
-            scores.mode, *(None if t is None else t.clone() for t in
-                           (scores.token_logprobs, scores.logprobs, scores.topk_logprobs, scores.topk_ids)))
+        if len(parts) == 1:
+            scores = parts[0]
+        else:
+            cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
+            scores = TeacherScores(self.mode, cat("token_logprobs"), cat("logprobs"), cat("topk_logprobs"),
+                                   cat("topk_ids"))
+        return scores.to(home) if home != self.device else scores
 
 
 def _slice_rows(rollouts: Rollouts, start: int, stop: int) -> Rollouts:

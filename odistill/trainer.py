@@ -424,7 +424,12 @@ def _loss(model, rollouts: Rollouts, scorer: TeacherScorer, config: DistillConfi
     scores = scorer(rollouts)
     logits = completion_logits(model, rollouts, vocab_size=vocab)  # (B, T, V), with gradients
     mask = rollouts.completion_mask
-    student_lp = _token_logprobs(logits, rollouts.completion_ids.clamp_max(vocab - 1))  # (B, T)
+    tokens = rollouts.completion_ids.clamp_max(vocab - 1)
+    if config.estimator == "sampled":  # the loss needs log p_S(x_t) with its gradient
+        student_lp = _token_logprobs(logits, tokens)  # (B, T)
+    else:  # only the metric does: no graph
+        with torch.no_grad():
+            student_lp = _token_logprobs(logits, tokens)
     n = mask.sum().clamp_min(1)
     rkl = float(((student_lp.detach() - scores.token_logprobs) * mask).sum() / n)
     if config.estimator == "sampled":

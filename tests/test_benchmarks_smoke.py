@@ -21,6 +21,7 @@ SCRIPTS = {
     "bench_step.py": [],
     "bench_teacher_memory.py": ["--spawn"],  # one script also runs its jobs in fresh processes, as the real run does
     "bench_steps_to_target.py": [],
+    "bench_fused.py": [],
 }
 
 

@@ -1,0 +1,116 @@
+"""The sampler draws from exactly the distribution it reports: frequency tests of the inverse-CDF draw.
+
+Each test compares empirical token frequencies over many draws with the probabilities computed
+independently (float64 softmax of the logits), using Pearson's chi-square statistic. Under a correct
+sampler the statistic has mean ``df`` and standard deviation ``sqrt(2·df)``; the bound used,
+``df + 6·sqrt(2·df)``, fails with probability far below 1e-6, while a sampler that ignores the
+temperature, top-k or top-p (or is off by one token) exceeds it by orders of magnitude at these
+sample sizes. Seeds are fixed, so the tests are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from odistill.rollouts import completion_logits
+from odistill.sampler import _InverseCDFSampler, sample
+
+from conftest import make_tiny_llama
+
+
+def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
+    """Pearson's statistic over the categories with positive probability, and its degrees of freedom."""
+    n = counts.sum().item()
+    support = probs > 0
+    expected = probs[support] * n
+    stat = (((counts[support].double() - expected) ** 2) / expected).sum().item()
+    return stat, int(support.sum()) - 1
+
+
+def _bound(df: int) -> float:
+    return df + 6 * math.sqrt(2 * df)
+
+
+def _draw(processor: _InverseCDFSampler, logits: torch.Tensor, rows: int, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    processor(torch.zeros(rows, 1, dtype=torch.long), logits.expand(rows, -1).clone())
+    return processor.tokens[-1]
+
+
+LOGITS = torch.tensor([2.0, 0.5, -1.0, float("-inf"), 0.0, 3.0, -4.0, 1.0, float("-inf"), -0.5])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_inverse_cdf_frequencies_match_the_softmax(temperature):
+    rows = 200_000
+    tokens = _draw(_InverseCDFSampler(temperature, 0, 1.0), LOGITS, rows, seed=0)
+    counts = torch.bincount(tokens, minlength=len(LOGITS))
+    probs = torch.softmax(LOGITS.double() / temperature, -1)
+    assert counts[probs == 0].sum() == 0, "a token of probability 0 was drawn"
+    stat, df = _chi_square(counts, probs)
+    assert stat < _bound(df), (stat, df)
+    # and the sampler really depends on the temperature: the T=1 frequencies fail at T=0.5
+    if temperature != 1.0:
+        wrong = torch.softmax(LOGITS.double(), -1)
+        assert _chi_square(counts, wrong)[0] > 100 * _bound(df)
+
+
+def test_recorded_logprobs_are_the_log_softmax_of_the_drawn_tokens():
+    processor = _InverseCDFSampler(0.7, 0, 1.0)
+    torch.manual_seed(1)
+    logits = torch.randn(64, 50) * 3
+    out = processor(torch.zeros(64, 1, dtype=torch.long), logits.clone())
+    token = processor.tokens[-1]
+    want = torch.log_softmax(logits.double() / 0.7, -1).gather(1, token[:, None]).squeeze(1)
+    assert torch.allclose(processor.logprobs[-1].double(), want, atol=1e-5)
+    # the processed scores leave exactly the drawn token, so greedy decoding picks it
+    assert torch.equal(out.argmax(-1), token)
+    assert torch.equal(torch.isfinite(out).sum(-1), torch.ones(64, dtype=torch.long))
+
+
+def test_reused_output_buffer_keeps_exactly_one_finite_entry_per_row():
+    processor = _InverseCDFSampler(1.0, 0, 1.0)
+    torch.manual_seed(2)
+    for _ in range(5):
+        out = processor(torch.zeros(8, 1, dtype=torch.long), torch.randn(8, 30))
+        assert torch.equal(torch.isfinite(out).sum(-1), torch.ones(8, dtype=torch.long))
+        assert torch.equal(out.argmax(-1), processor.tokens[-1])
+
+
+@pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (0, 0.8), (4, 0.9)])
+def test_top_k_and_top_p_frequencies_match_the_truncated_softmax(top_k, top_p):
+    rows = 200_000
+    tokens = _draw(_InverseCDFSampler(1.0, top_k, top_p), LOGITS, rows, seed=3)
+    counts = torch.bincount(tokens, minlength=len(LOGITS))
+    # independent reference: the transformers warpers applied to the logits, then a float64 softmax
+    warped = LOGITS[None].clone()
+    if top_k:
+        warped = TopKLogitsWarper(top_k)(None, warped)
+    if top_p < 1.0:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    probs = torch.softmax(warped[0].double(), -1)
+    assert counts[probs == 0].sum() == 0, "a token outside the top-k / top-p set was drawn"
+    stat, df = _chi_square(counts, probs)
+    assert stat < _bound(df), (stat, df)
+
+
+def test_sample_first_token_frequencies_match_the_model(char_tokenizer):
+    """End to end through ``generate``: the first completion token of many rows of one prompt."""
+    model = make_tiny_llama(len(char_tokenizer), seed=5)
+    with torch.no_grad():  # make the distribution less flat so the test has power
+        model.lm_head.weight.mul_(8.0)
+    n = 4000
+    r = sample(model, char_tokenizer, ["12+34="], n=n, max_new_tokens=1, temperature=0.8, seed=0)
+    first = r.completion_ids[:, 0]
+    with torch.no_grad():
+        logits = completion_logits(model, r)[0, 0]  # every row has the same prompt
+    probs = torch.softmax(logits.double() / 0.8, -1)
+    counts = torch.bincount(first, minlength=len(probs))
+    stat, df = _chi_square(counts, probs)
+    assert stat < _bound(df), (stat, df)
+    # the recorded log q(x) of each row is the model's own
+    assert torch.allclose(r.sampling_logprobs[:, 0].double(), probs.log()[first], atol=1e-5)
