@@ -18,6 +18,7 @@ every implementation must produce. Each implementation runs in its own fresh pro
 Usage::
 
     python benchmarks/bench_fused.py               # (2, 512) tokens, H 896/1536, V 151936
+    python benchmarks/bench_fused.py --size modest # (1, 256) tokens: run_all's size
     python benchmarks/bench_fused.py --quick       # tiny smoke run
 """
 
@@ -45,6 +46,7 @@ from _common import (
 
 SIZES = {
     "target": {"batch": 2, "tokens": 512, "student_hidden": 896, "teacher_hidden": 1536, "vocab": 151936},
+    "modest": {"batch": 1, "tokens": 256, "student_hidden": 896, "teacher_hidden": 1536, "vocab": 151936},
     "quick": {"batch": 2, "tokens": 8, "student_hidden": 16, "teacher_hidden": 24, "vocab": 500},
 }
 BETAS = (0.5, 1.0)
@@ -120,12 +122,13 @@ def worker(job: dict) -> dict:
 
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=[k for k in SIZES if k != "quick"], default="target")
     parser.add_argument("--betas", default=None, help="comma-separated β values (default 0.5,1)")
     args = parser.parse_args(argv)
     if args.worker:
         emit(worker(json.loads(args.worker)))
         return {}
-    size = SIZES["quick" if args.quick else "target"]
+    size = SIZES["quick" if args.quick else args.size]
     repeats = args.repeats or (2 if args.quick else 3)
     betas = [float(b) for b in args.betas.split(",")] if args.betas else list(BETAS)
     peer = have_trl() and not args.no_peer

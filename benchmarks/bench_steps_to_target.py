@@ -97,12 +97,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--n-eval", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help=f"learning rate, both arms (default {DEFAULTS['lr']})")
     args = parser.parse_args(argv)
     if args.worker:
         emit(worker(json.loads(args.worker)))
         return {}
     settings = dict(DEFAULTS, **(QUICK if args.quick else {}))
-    for key in ("seeds", "max_steps", "eval_every", "n_eval", "batch"):
+    for key in ("seeds", "max_steps", "eval_every", "n_eval", "batch", "lr"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     settings["task"] = args.task

@@ -2,8 +2,9 @@
 
     python benchmarks/report.py [--dir benchmarks/results]
 
-Reads ``jsd.json``, ``step.json``, ``teacher_memory.json`` and ``steps_to_target.json`` from the folder
-(whichever exist) and writes ``results.md``, ``results.json`` (everything, merged) and ``ratios.png``.
+Reads ``jsd.json``, ``step.json``, ``fused.json``, ``teacher_memory.json`` and ``steps_to_target.json`` from the folder
+(whichever exist) and writes ``results.md``, ``results.json`` (everything, merged), ``summary.md`` (the
+headline table alone, included by the docs' Performance page) and ``ratios.png``.
 Any ``extra_*.json`` with a ``title`` and a ``table_md`` is appended as a supplementary section.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from _common import RESULTS, fmt_stats, markdown_table
 
-PARTS = ("jsd", "step", "teacher_memory", "steps_to_target")
+PARTS = ("jsd", "step", "fused", "teacher_memory", "steps_to_target")
 
 
 def _load(folder: Path) -> dict:
@@ -70,6 +71,16 @@ def headline(data: dict) -> tuple[list[list[str]], list[dict]]:
             if case["case"] != "tiny":
                 add(f"on-policy step ({case['case']}): peak memory, odistill/TRL", "< 1", case.get("memory_ratio"),
                     lambda v: v < 1.0)
+    fused = data.get("fused")
+    if fused:
+        size = fused["size"]
+        shape = f"({size['batch']}, {size['tokens']}, H {size['student_hidden']}/{size['teacher_hidden']}, V {size['vocab']})"
+        for case in fused["cases"]:
+            for other, name in (("trl", "TRL logits + loss"), ("odistill", "odistill logits + chunked loss")):
+                if case.get(f"memory_ratio_vs_{other}"):
+                    add(f"fused LM head + JSD β={case['beta']:g} {shape}: peak memory, fused / {name}", "report (stretch)",
+                        case[f"memory_ratio_vs_{other}"], None,
+                        f"time ratio {fmt_stats(case.get(f'time_ratio_vs_{other}'))}")
     teacher = data.get("teacher_memory")
     if teacher:
         res = teacher["results"].get("sampled", {})
@@ -140,6 +151,7 @@ def write_report(folder: Path = RESULTS) -> Path:
     if rows:
         parts += ["## Headline", "", markdown_table(["measure", "target", "measured", "verdict", "note"], rows), ""]
     titles = {"jsd": "Generalized JSD, forward + backward (float32, CPU)", "step": "One on-policy step (λ=1, β=1)",
+              "fused": "LM head + JSD from the hidden states (fused vs logits then loss)",
               "teacher_memory": "Teacher scoring memory", "steps_to_target": "Steps to 95 % of the teacher"}
     for name in PARTS:
         if name in data:
@@ -156,6 +168,8 @@ def write_report(folder: Path = RESULTS) -> Path:
     if plot(data, folder / "ratios.png"):
         parts += ["![ratios](ratios.png)", ""]
     (folder / "results.md").write_text("\n".join(parts))
+    if rows:  # the headline alone, for the docs' Performance page
+        (folder / "summary.md").write_text(markdown_table(["measure", "target", "measured", "verdict", "note"], rows) + "\n")
     (folder / "results.json").write_text(json.dumps({"headline": records, **data}, indent=1, default=str))
     print(f"wrote {folder / 'results.md'}, {folder / 'results.json'}" + (", ratios.png" if (folder / "ratios.png").exists() else ""))
     return folder / "results.md"

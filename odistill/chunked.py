@@ -457,6 +457,10 @@ def chunked_divergence(kind, student_logits, teacher_logits, mask=None, *, weigh
         temperature: divides both logits.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         chunk_size: rows per chunk (None: :func:`default_chunk_rows`).
+        token_ids: ``(...)`` token ids (e.g. the sampled completion tokens). When given, the result is
+            ``(loss, student_token_logprobs, teacher_token_logprobs)``: both models' log p(token) at
+            temperature 1 at every position (0 where ``mask`` is False), without gradients — a free
+            by-product for per-token metrics such as the k1 reverse-KL estimate.
 
     Example:
         >>> s, t = torch.randn(4, 8, 100), torch.randn(4, 8, 100)
@@ -482,12 +486,23 @@ def chunked_divergence(kind, student_logits, teacher_logits, mask=None, *, weigh
 # ----------------------------------------------------------------------------------------------
 
 
-def _fused_compute(kind, weight, hs, ws, bs, ht, wt, bt, temperature, reduction, chunk_rows, dtype, need):
+def _token_log_probs(logits: torch.Tensor, logp: torch.Tensor, tokens: torch.Tensor, temperature: float, dtype):
+    """log p(token) at temperature 1 for each row of a chunk: from ``logp`` when it already is at τ = 1."""
+    if temperature == 1.0:
+        return logp.gather(1, tokens[:, None]).squeeze(1)
+    z = logits.to(dtype)
+    return z.gather(1, tokens[:, None]).squeeze(1) - z.logsumexp(-1)
+
+
+def _fused_compute(kind, weight, hs, ws, bs, ht, wt, bt, temperature, reduction, chunk_rows, dtype, need,
+                   tokens=None):
     """Per chunk of rows: logits = h @ Wᵀ (+ b) for both models, divergence and its logit-gradient, then
     the gradient pushed through the LM head at once (dh = g W, dW += gᵀ h, db += Σ g). Returns the
-    per-row values and the gradients of (hs, ws, bs, ht, wt, bt) (None where not needed)."""
+    per-row values, the gradients of (hs, ws, bs, ht, wt, bt) (None where not needed) and, when
+    ``tokens`` (N,) is given, both models' log-probabilities of those tokens at temperature 1 (else None)."""
     n_rows = hs.shape[0]
     values = torch.empty(n_rows, dtype=dtype, device=hs.device)
+    token_lp = None if tokens is None else torch.empty(2, n_rows, dtype=dtype, device=hs.device)
     scale = 1.0 / temperature
     if reduction == "mean":
         scale /= max(n_rows, 1)
@@ -501,9 +516,12 @@ def _fused_compute(kind, weight, hs, ws, bs, ht, wt, bt, temperature, reduction,
         logits_s = torch.nn.functional.linear(hs[start:stop], ws, bs)  # (r, V), only this chunk
         logits_t = torch.nn.functional.linear(ht[start:stop], wt, bt)
         ls, fin_s = _floored_log_probs(logits_s, temperature, dtype, want_fin_s)
-        del logits_s
         lt, fin_t = _floored_log_probs(logits_t, temperature, dtype, want_fin_t)
-        del logits_t
+        if tokens is not None:  # before _chunk_values, which may overwrite ls / lt
+            tok = tokens[start:stop]
+            token_lp[0, start:stop] = _token_log_probs(logits_s, ls, tok, temperature, dtype)
+            token_lp[1, start:stop] = _token_log_probs(logits_t, lt, tok, temperature, dtype)
+        del logits_s, logits_t
         out_s = torch.empty_like(ls) if need_s else None
         out_t = torch.empty_like(lt) if need_t else None
         values[start:stop] = _chunk_values(kind, weight, ls, lt, fin_s, fin_t, out_s, out_t, scale)
@@ -517,7 +535,7 @@ def _fused_compute(kind, weight, hs, ws, bs, ht, wt, bt, temperature, reduction,
                 grads[off + 1].addmm_(g.t(), h[start:stop])  # (V, H)
             if grads[off + 2] is not None:
                 grads[off + 2].add_(g.sum(0))
-    return values, grads
+    return values, grads, token_lp
 
 
 class _FusedLinearDivergence(torch.autograd.Function):
@@ -527,27 +545,31 @@ class _FusedLinearDivergence(torch.autograd.Function):
     def forward(ctx, hs, ws, bs, ht, wt, bt, spec):
         from .divergences import _reduce
 
-        kind, weight, temperature, reduction, chunk_rows, dtype, need = spec
-        values, grads = _fused_compute(kind, weight, hs, ws, bs, ht, wt, bt, temperature, reduction, chunk_rows,
-                                       dtype, need)
+        kind, weight, temperature, reduction, chunk_rows, dtype, need, tokens = spec
+        values, grads, token_lp = _fused_compute(kind, weight, hs, ws, bs, ht, wt, bt, temperature, reduction,
+                                                 chunk_rows, dtype, need, tokens)
         out = _reduce(values, None, values.shape, reduction)  # raises NonFiniteLossError on NaN
         ctx.grads, ctx.spec = grads, spec
         inputs = (hs, ws, bs, ht, wt, bt)
         ctx.inference_inputs = any(x is not None and x.is_inference() for x in inputs)
         if not ctx.inference_inputs:
             ctx.save_for_backward(*inputs)  # kept only with retain_graph=True (re-backward)
-        return out
+        if token_lp is None:
+            return out
+        ctx.mark_non_differentiable(token_lp)
+        return out, token_lp
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, grad_token_lp=None):
         if ctx.grads is not None:
             grads, ctx.grads = ctx.grads, None
         elif ctx.inference_inputs:
             raise RuntimeError("a fused divergence of inference-mode tensors can be back-propagated once")
         else:
-            kind, weight, temperature, reduction, chunk_rows, dtype, need = ctx.spec
-            _, grads = _fused_compute(kind, weight, *ctx.saved_tensors, temperature, reduction, chunk_rows, dtype, need)
+            kind, weight, temperature, reduction, chunk_rows, dtype, need, _ = ctx.spec
+            _, grads, _ = _fused_compute(kind, weight, *ctx.saved_tensors, temperature, reduction, chunk_rows, dtype,
+                                         need)
         if bool(grad_out != 1):
             for g in grads:
                 if g is not None:
@@ -557,7 +579,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
 
 def fused_linear_divergence(kind, student_hidden, student_weight, teacher_hidden, teacher_weight, mask=None, *,
                             student_bias=None, teacher_bias=None, weight=None, temperature=1.0, reduction="mean",
-                            chunk_size=None):
+                            chunk_size=None, token_ids=None):
     """A divergence between two LM heads' distributions, never materialising the ``(N, V)`` logits.
 
     ``divergence(student_hidden @ student_weightᵀ, teacher_hidden @ teacher_weightᵀ)`` computed chunk by
@@ -577,6 +599,10 @@ def fused_linear_divergence(kind, student_hidden, student_weight, teacher_hidden
         temperature: divides both logits.
         reduction: ``"mean"`` or ``"sum"`` (``"none"`` works without gradients).
         chunk_size: rows per chunk (None: :func:`default_chunk_rows`).
+        token_ids: ``(...)`` token ids (e.g. the sampled completion tokens). When given, the result is
+            ``(loss, student_token_logprobs, teacher_token_logprobs)``: both models' log p(token) at
+            temperature 1 at every position (0 where ``mask`` is False), without gradients — a free
+            by-product for per-token metrics such as the k1 reverse-KL estimate.
 
     Example:
         >>> h_s, w_s = torch.randn(2, 5, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
@@ -612,10 +638,25 @@ def fused_linear_divergence(kind, student_hidden, student_weight, teacher_hidden
     if reduction == "none" and any(need):
         raise ValueError("fused_linear_divergence: reduction='none' has no gradient (the LM-head gradient sums "
                          "over rows); use 'mean' or 'sum', or call it under torch.no_grad()")
-    spec = (kind, weight, temperature, reduction, chunk_rows, dtype, need)
-    out = _FusedLinearDivergence.apply(*inputs, spec)
-    if reduction != "none":
+    tokens = None
+    if token_ids is not None:
+        if tuple(token_ids.shape) != tuple(batch_shape):
+            raise ValueError(f"token_ids has shape {tuple(token_ids.shape)} but the hidden states have batch shape "
+                             f"{tuple(batch_shape)}; pass one token id per position")
+        tokens = rows(token_ids[..., None].to(hs.device)).squeeze(-1)
+        if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) < vocab):
+            raise ValueError(f"token_ids must lie in [0, V={vocab}) at counted positions")
+    spec = (kind, weight, temperature, reduction, chunk_rows, dtype, need, tokens)
+    result = _FusedLinearDivergence.apply(*inputs, spec)
+    out, token_lp = result if tokens is not None else (result, None)
+
+    def unflatten(x):
+        if mask is None:
+            return x.reshape(batch_shape)
+        return torch.zeros(batch_shape, dtype=x.dtype, device=x.device).masked_scatter(mask.to(x.device), x)
+
+    if reduction == "none":
+        out = unflatten(out)
+    if token_lp is None:
         return out
-    if mask is None:
-        return out.reshape(batch_shape)
-    return torch.zeros(batch_shape, dtype=out.dtype, device=out.device).masked_scatter(mask.to(out.device), out)
+    return out, unflatten(token_lp[0]), unflatten(token_lp[1])

@@ -18,6 +18,9 @@ The names follow GKD / TRL so that settings carry over between libraries:
 ``temperature``       **sampling** temperature of the rollouts.
 ``loss_temperature``  temperature of the distributions inside the loss ("full" estimator); kept
                       separate from the sampling temperature on purpose.
+``fused_lm_head``     compute the "full" loss from both models' last hidden states and LM-head
+                      weights, chunk by chunk: neither model's (B, T, V) logits ever exist (for
+                      large vocabularies; same numbers as the default path).
 ==================== ===========================================================================
 
 Recipes: Thinking Machines' on-policy distillation = ``lmbda=1, estimator="sampled"``; GKD's
@@ -56,6 +59,7 @@ class DistillConfig:
     estimator: str = "full"  # "full" | "sampled"
     seq_kd: bool = False
     teacher_top_k: int | None = None  # score the teacher in top-k mode ("full" estimator only)
+    fused_lm_head: bool = False  # "full" loss from hidden states + LM heads, never building (B, T, V) logits
     # sampling
     temperature: float = 1.0
     top_p: float = 1.0
@@ -134,6 +138,11 @@ class DistillConfig:
              f"teacher_top_k must be an integer >= 1 or None, got {self.teacher_top_k!r}")
         need(not (self.teacher_top_k and self.estimator == "sampled"),
              "teacher_top_k applies to the 'full' estimator; the 'sampled' estimator needs only sampled-token log-probs")
+        need(isinstance(self.fused_lm_head, bool), f"fused_lm_head must be True or False, got {self.fused_lm_head!r}")
+        need(not (self.fused_lm_head and (self.estimator == "sampled" or self.teacher_top_k)),
+             "fused_lm_head computes the 'full' estimator from the teacher's whole distribution: it does not combine "
+             "with estimator='sampled' or teacher_top_k (set fused_lm_head=False, or use the full estimator "
+             "without teacher_top_k)")
         need(self.teacher_micro_batch_size is None or self.teacher_micro_batch_size >= 1,
              f"teacher_micro_batch_size must be >= 1 or None, got {self.teacher_micro_batch_size!r}")
         need(not (self.estimator == "sampled" and self.lmbda < 1 and not self.seq_kd),

@@ -105,6 +105,12 @@ def distillation_loss(
         student_on_support = torch.where(torch.isneginf(student_on_support), floor, student_on_support)
         return _divergence(student_on_support, teacher_scores.topk_logprobs, completion_mask, divergence, beta,
                            temperature, reduction)
+    if teacher_scores.mode == "hidden":
+        raise ValueError(
+            "teacher scores in 'hidden' mode hold the teacher's hidden states, not its logits: compute the loss from "
+            "both models' hidden states with odistill.chunked.fused_linear_divergence (what "
+            "DistillConfig(fused_lm_head=True) does), or score with mode='full' or 'topk'"
+        )
     raise ValueError(
         "teacher scores in 'sampled' mode hold only the sampled tokens' log-probs, which are not enough for the "
         "'full' estimator: use sampled_token_loss (estimator='sampled'), or score with mode='full' or 'topk'"

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["Rollouts", "completion_logits", "rollouts_from_text", "resolve_special_ids", "position_ids_from_mask"]
+__all__ = ["Rollouts", "completion_logits", "completion_hidden", "lm_head_of", "rollouts_from_text", "resolve_special_ids",
+           "position_ids_from_mask"]
 
 
 @dataclass
@@ -250,3 +251,57 @@ def completion_logits(model, rollouts: Rollouts, *, vocab_size: int | None = Non
     if vocab_size is not None and logits.shape[-1] != vocab_size:
         logits = logits[..., :vocab_size]
     return logits
+
+
+#: Config attributes of models whose logits are not just ``hidden @ W.T + b`` (softcapping, scaling):
+#: the fused LM-head path would compute the wrong distribution for them.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def lm_head_of(model, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's ``(weight (V, H), bias (V,) or None)``, cut to ``vocab_size`` rows if given.
+
+    Raises:
+        ValueError: the model has no plain linear LM head, or its config transforms the logits
+            (softcapping or scaling), so ``hidden @ weight.T`` would not be its logits.
+    """
+    model = getattr(model, "module", model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no plain linear LM head (get_output_embeddings() returned "
+                         f"{type(head).__name__}); the fused LM-head loss needs one: set fused_lm_head=False")
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(text_config, name, None)
+        if value not in (None, 0, 0.0, 1, 1.0, False):
+            raise ValueError(f"{type(model).__name__} transforms its logits ({name}={value!r}), so they are not "
+                             "hidden @ W.T: the fused LM-head loss would train on the wrong distribution; set "
+                             "fused_lm_head=False")
+    weight, bias = head.weight, head.bias
+    if vocab_size is not None and weight.shape[0] != vocab_size:
+        weight, bias = weight[:vocab_size], (None if bias is None else bias[:vocab_size])
+    return weight, bias
+
+
+def completion_hidden(model, rollouts: Rollouts) -> torch.Tensor:
+    """The last hidden states that predict each completion token: ``(B, T, H)``, no logits at all.
+
+    The same rows as :func:`completion_logits` (column ``P + t − 1`` for completion token ``t``), taken
+    *before* the LM head: ``lm_head(completion_hidden(m, r)) == completion_logits(m, r)``. The model is
+    asked for no logits (``logits_to_keep`` = an empty index), so the ``(B, T, V)`` tensor never exists;
+    this is the input of :func:`odistill.chunked.fused_linear_divergence`.
+    """
+    input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
+    width = input_ids.shape[1] - rollouts.prompt_width  # T
+    total = input_ids.shape[1]
+    none = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=position_ids_from_mask(attention_mask), logits_to_keep=none,
+                    output_hidden_states=True, use_cache=False)
+    except TypeError as error:
+        raise ValueError(f"{type(getattr(model, 'module', model)).__name__}.forward does not accept logits_to_keep / "
+                         "output_hidden_states, which the fused LM-head loss needs; set fused_lm_head=False") from error
+    hidden = out.hidden_states[-1]  # (B, P + T, H): after the final norm, what the LM head reads
+    return hidden[:, total - width - 1 : total - 1]

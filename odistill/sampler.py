@@ -102,9 +102,9 @@ class HFGenerateBackend:
         params = GenerationConfig._get_default_generation_params()
         params.update(
             do_sample=False,  # greedy decoding, or greedy over the one token _InverseCDFSampler leaves
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
+            temperature=None,  # unset: no warper of generate's own (the sampler applies them)
+            top_k=None,
+            top_p=None,
             max_new_tokens=max_new_tokens,
             max_length=None,
             pad_token_id=pad_id,

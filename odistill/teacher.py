@@ -9,12 +9,20 @@ mode        returns                                              memory       en
 ``full``    log p_T(· | x_<t) over the whole vocabulary           O(B·T·V)     any divergence (GKD)
 ``topk``    the k largest log-probs and their token ids           O(B·T·k)     divergences on top-k
 ``sampled`` log p_T(x_t | x_<t) of the token that was sampled     O(B·T)       sampled reverse KL
+``hidden``  the last hidden states, before the LM head            O(B·T·H)     any divergence, fused
 =========== ==================================================== ============ ======================
 
 ``sampled`` is what a remote log-prob server returns (Thinking Machines' recipe); with
 ``micro_batch_size`` the teacher's logits never exist for more than a few rows at a time, so the
-scores take O(B·T) memory. Every mode also returns ``token_logprobs`` (the sampled tokens'
-log-probs), used for the per-token reverse-KL metric.
+scores take O(B·T) memory. Every mode but ``hidden`` also returns ``token_logprobs`` (the sampled
+tokens' log-probs), used for the per-token reverse-KL metric.
+
+``hidden`` is for a teacher that lives in the same process: its hidden states plus its LM-head weight
+(:meth:`TeacherScorer.lm_head`) are the full distribution in compressed form (H numbers per position
+instead of V), and :func:`odistill.chunked.fused_linear_divergence` turns them into the divergence one
+chunk of positions at a time, so neither model's ``(B, T, V)`` logits ever exist
+(``DistillConfig(fused_lm_head=True)``). The fused loss also returns the token log-probs, so this mode
+does not compute them (``token_logprobs`` is None).
 """
 
 from __future__ import annotations
@@ -24,11 +32,11 @@ from dataclasses import dataclass
 import torch
 
 from .divergences import MASKED_LOG_PROB
-from .rollouts import Rollouts, completion_logits
+from .rollouts import Rollouts, completion_hidden, completion_logits, lm_head_of
 
 __all__ = ["TeacherScorer", "TeacherScores", "output_vocab_size", "check_vocab_compatible"]
 
-_MODES = ("full", "topk", "sampled")
+_MODES = ("full", "topk", "sampled", "hidden")
 _LSE_ROWS = 1  # sequences per float32 logsumexp chunk in the topk / sampled modes
 
 
@@ -37,23 +45,26 @@ class TeacherScores:
     """What the teacher said about each completion position of a rollout batch.
 
     Attributes:
-        mode: ``"full"``, ``"topk"`` or ``"sampled"``.
-        token_logprobs: ``(B, T)`` log p_T(x_t) of each completion token (0 at masked positions).
+        mode: ``"full"``, ``"topk"``, ``"sampled"`` or ``"hidden"``.
+        token_logprobs: ``(B, T)`` log p_T(x_t) of each completion token (0 at masked positions);
+            None in ``"hidden"`` mode.
         logprobs: ``(B, T, V)`` full log-probabilities (``mode="full"``), else None.
         topk_logprobs: ``(B, T, k)`` the k largest log-probs, descending (``mode="topk"``), else None.
         topk_ids: ``(B, T, k)`` their token ids (``mode="topk"``), else None.
+        hidden: ``(B, T, H)`` the teacher's last hidden states (``mode="hidden"``), else None.
     """
 
     mode: str
-    token_logprobs: torch.Tensor
+    token_logprobs: torch.Tensor | None
     logprobs: torch.Tensor | None = None
     topk_logprobs: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
 
     def to(self, device) -> TeacherScores:
         move = lambda t: None if t is None else t.to(device)
         return TeacherScores(self.mode, move(self.token_logprobs), move(self.logprobs), move(self.topk_logprobs),
-                             move(self.topk_ids))
+                             move(self.topk_ids), move(self.hidden))
 
 
 def output_vocab_size(model) -> int:
@@ -99,7 +110,7 @@ class TeacherScorer:
 
     Args:
         model: the teacher, any causal LM.
-        mode: ``"full"``, ``"topk"`` or ``"sampled"`` (see the module docstring).
+        mode: ``"full"``, ``"topk"``, ``"sampled"`` or ``"hidden"`` (see the module docstring).
         k: the number of log-probs kept per position in ``"topk"`` mode (1 ≤ k ≤ V).
         device: where the teacher runs (default: where its parameters are); it is moved there.
         micro_batch_size: score this many rows per forward pass (default: all at once); bounds the
@@ -117,6 +128,8 @@ class TeacherScorer:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         self.vocab_size = vocab_size if vocab_size is not None else output_vocab_size(model)
+        if mode == "hidden":
+            lm_head_of(model, self.vocab_size)  # a clear error now if the logits are not hidden @ W.T
         if mode == "topk" and not (isinstance(k, int) and 1 <= k <= self.vocab_size):
             raise ValueError(f"k must be an integer in [1, V={self.vocab_size}] for mode='topk', got {k!r}")
         if micro_batch_size is not None and micro_batch_size < 1:
@@ -132,7 +145,14 @@ class TeacherScorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's LM head ``(weight (V, H), bias or None)``, cut to the shared vocabulary: with the
+        ``"hidden"`` scores, ``hidden @ weight.T (+ bias)`` are the teacher's logits."""
+        return lm_head_of(self.model, self.vocab_size)
+
     def _score_rows(self, rollouts: Rollouts) -> TeacherScores:
+        if self.mode == "hidden":
+            return TeacherScores("hidden", None, hidden=completion_hidden(self.model, rollouts))
         logits = completion_logits(self.model, rollouts, vocab_size=self.vocab_size)  # (b, T, V), model dtype
         ids = rollouts.completion_ids  # (b, T)
         in_vocab = ids < logits.shape[-1]
@@ -169,7 +189,7 @@ class TeacherScorer:
         else:
             cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
             scores = TeacherScores(self.mode, cat("token_logprobs"), cat("logprobs"), cat("topk_logprobs"),
-                                   cat("topk_ids"))
+                                   cat("topk_ids"), cat("hidden"))
         return scores.to(home) if home != self.device else scores
 
 

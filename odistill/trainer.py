@@ -34,7 +34,7 @@ import torch
 from .config import DistillConfig
 from .divergences import NonFiniteLossError
 from .loss import distillation_loss, sampled_token_loss
-from .rollouts import Rollouts, completion_logits, resolve_special_ids, rollouts_from_text
+from .rollouts import Rollouts, completion_hidden, completion_logits, lm_head_of, resolve_special_ids, rollouts_from_text
 from .sampler import sample
 from .teacher import TeacherScorer, check_vocab_compatible
 
@@ -264,6 +264,9 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
     picker = random.Random(config.seed + 1)  # identical on every process: disjoint slices of one global batch
 
     teacher_mode = "sampled" if config.estimator == "sampled" else ("topk" if config.teacher_top_k else "full")
+    if config.fused_lm_head:
+        teacher_mode = "hidden"
+        lm_head_of(student, vocab)  # a clear error before any work if the student's logits are not hidden @ W.T
     scorer = TeacherScorer(teacher, mode=teacher_mode, k=config.teacher_top_k or 1,
                            device=config.teacher_device or device,
                            micro_batch_size=config.teacher_micro_batch_size, vocab_size=vocab)
@@ -419,9 +422,30 @@ def _restore(path: Path, student, optimizer, scheduler, rngs, config):
     return int(state["step"]) + 1, history
 
 
+def _fused_loss(model, rollouts: Rollouts, scores, scorer: TeacherScorer, config: DistillConfig, vocab: int):
+    """The "full" loss from hidden states and LM heads (no (B, T, V) logits) and the k1 reverse-KL metric."""
+    from .chunked import fused_linear_divergence
+
+    hidden = completion_hidden(model, rollouts)  # (B, T, H_S), with gradients (through the DDP wrapper, if any)
+    weight, bias = lm_head_of(model, vocab)
+    t_weight, t_bias = scorer.lm_head()
+    device = hidden.device
+    kind, beta = {"forward_kl": ("forward_kl", None), "reverse_kl": ("reverse_kl", None)}.get(
+        config.divergence, ("generalized_jsd", float(config.beta)))
+    mask = rollouts.completion_mask
+    loss, student_lp, teacher_lp = fused_linear_divergence(
+        kind, hidden, weight, scores.hidden.to(device), t_weight.to(device), mask, student_bias=bias,
+        teacher_bias=None if t_bias is None else t_bias.to(device), weight=beta, temperature=config.loss_temperature,
+        token_ids=rollouts.completion_ids.clamp_max(vocab - 1))
+    rkl = float(((student_lp - teacher_lp) * mask).sum() / mask.sum().clamp_min(1))
+    return loss, rkl
+
+
 def _loss(model, rollouts: Rollouts, scorer: TeacherScorer, config: DistillConfig, vocab: int):
     """The training loss of one batch and the per-token reverse-KL estimate (k1, mean over tokens)."""
     scores = scorer(rollouts)
+    if scores.mode == "hidden":
+        return _fused_loss(model, rollouts, scores, scorer, config, vocab)
     logits = completion_logits(model, rollouts, vocab_size=vocab)  # (B, T, V), with gradients
     mask = rollouts.completion_mask
     tokens = rollouts.completion_ids.clamp_max(vocab - 1)

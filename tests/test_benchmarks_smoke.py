@@ -69,3 +69,4 @@ def test_report_builds_markdown_json_and_plot(tmp_path):
     headline = json.loads((tmp_path / "results.json").read_text())["headline"]
     assert {h["met"] for h in headline} == {True}
     assert (tmp_path / "ratios.png").stat().st_size > 1000
+    assert (tmp_path / "summary.md").read_text().count("\n|") == len(headline) + 1  # header rule + one row each

@@ -14,6 +14,7 @@ from odistill import DistillConfig, distill  # noqa: E402
 from odistill.tokenizer import build_char_tokenizer  # noqa: E402
 
 out_dir = sys.argv[1]
+fused = len(sys.argv) > 2 and sys.argv[2] == "fused"  # the fused LM-head loss (hidden states through DDP)
 torch.set_num_threads(1)
 tok = build_char_tokenizer("0123456789+=")
 student = make_tiny_llama(len(tok), seed=0)
@@ -31,7 +32,8 @@ def spy(model, tokenizer, prompts, **kw):
 
 
 trainer_module.sample = spy
-cfg = DistillConfig(lmbda=1.0, steps=3, batch_size=4, max_new_tokens=4, lr=1e-2, device="cpu", progress=False)
+cfg = DistillConfig(lmbda=1.0, steps=3, batch_size=4, max_new_tokens=4, lr=1e-2, device="cpu", progress=False,
+                    fused_lm_head=fused)
 result = distill(student, teacher, tok, data, cfg)
 rank = int(os.environ["RANK"])
 fingerprint = [float(p.detach().double().sum()) for p in result.student.parameters()]
