@@ -30,6 +30,8 @@ def _cmd_distill(args) -> int:
                  if getattr(args, name) is not None}
     if args.seq_kd:
         overrides["seq_kd"] = True
+    if args.fused_lm_head:
+        overrides["fused_lm_head"] = True
     overrides["progress"] = not args.json and not args.quiet
     values = {f.name: getattr(config, f.name) for f in fields(DistillConfig)}
     values.update(overrides)
@@ -89,6 +91,8 @@ def add_distill_parser(subparsers) -> None:
                    help="divergence (jsd uses --beta)")
     p.add_argument("--estimator", choices=["full", "sampled"], default=None, help="gradient estimator (preset: full)")
     p.add_argument("--seq-kd", action="store_true", help="off-policy batches are sampled from the teacher")
+    p.add_argument("--fused-lm-head", action="store_true",
+                   help="compute the full loss from hidden states and LM heads, never building (B, T, V) logits")
     p.add_argument("--steps", type=int, default=None, help="student optimizer steps (preset: 150)")
     p.add_argument("--batch-size", type=int, default=None, help="prompts per step (preset: 64)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (preset: 1e-3)")

@@ -14,7 +14,8 @@ The names follow GKD / TRL so that settings carry over between libraries:
                       with an importance-sampling loss (Thinking Machines; needs only the teacher's
                       log-prob of each sampled token). Always reverse KL, whatever β says. A
                       single-sample estimate is noisier: use a smaller ``lr`` than for "full"
-                      (notebook 05 shows it diverging at the full estimator's 2e-3 on addition).
+                      (notebook 05: on addition it does not learn at the full estimator's 1e-3 and
+                      diverged at 2e-3).
 ``temperature``       **sampling** temperature of the rollouts.
 ``loss_temperature``  temperature of the distributions inside the loss ("full" estimator); kept
                       separate from the sampling temperature on purpose.

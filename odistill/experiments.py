@@ -122,7 +122,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_demo(task: str = "addition", *, steps: int = 250, seed: int = 0, out_dir: str | Path = "odistill_demo",
-             batch_size: int = 64, lr: float = 2e-3, lr_schedule: str = "cosine", eval_every: int = 25,
+             batch_size: int = 64, lr: float = 1e-3, lr_schedule: str = "cosine", eval_every: int = 25,
              progress: bool = True) -> dict:
     """Off-policy forward KL vs on-policy reverse KL at equal student steps: a table and a plot.
 

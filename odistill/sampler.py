@@ -42,16 +42,45 @@ class SamplerBackend(Protocol):
                  pad_id, eos_ids) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+_BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF draw
+
+
+def _inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` (B, V) (non-negative, any positive total), by inverse-CDF sampling.
+
+    Two levels, so that nothing sequential runs over the whole vocabulary: the float64 masses of blocks
+    of :data:`_BLOCK` entries (a vectorised sum), their cumulative sum (V / 256 entries), a binary search
+    for the block, then the cumulative sum and a binary search inside that one block. With ``u`` uniform
+    in [0, total): the block is the first whose cumulative mass exceeds ``u``, and inside it the first
+    entry whose cumulative mass exceeds ``r = u − (mass of the blocks before)``, with ``r`` kept strictly
+    below the block's own total. Both searches use ``right=True``, so they only stop where the CDF rises:
+    an entry (or block) of probability 0 is never drawn. Returns ``(B, 1)`` int64.
+    """
+    rows, vocab = probs.shape
+    n_blocks = -(-vocab // _BLOCK)
+    pad = n_blocks * _BLOCK - vocab
+    blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).view(rows, n_blocks, _BLOCK)
+    mass = blocks.sum(-1, dtype=torch.float64)  # (B, nb)
+    cdf = mass.cumsum(-1)  # (B, nb)
+    u = torch.rand(rows, 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]  # in [0, total)
+    block = torch.searchsorted(cdf, u, right=True).clamp_max_(n_blocks - 1)  # (B, 1)
+    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp_min(0)), torch.zeros_like(u))  # exact cdf entry
+    inner = blocks.gather(1, block[:, :, None].expand(rows, 1, _BLOCK)).squeeze(1).cumsum(-1, dtype=torch.float64)
+    # u ≥ before, so r ≥ 0; the block's two sums may round differently, so keep r below its cumsum total
+    r = torch.minimum(u - before, torch.nextafter(inner[:, -1:], torch.zeros_like(u)))
+    within = torch.searchsorted(inner, r, right=True).clamp_max_(_BLOCK - 1)  # (B, 1)
+    return block * _BLOCK + within
+
+
 class _InverseCDFSampler:
     """A logits processor that draws the next token itself and records its log-probability.
 
     ``generate`` then runs greedy (``do_sample=False``): this processor returns ``-inf`` everywhere
     except at the token it drew, so the argmax is that token. Why not ``torch.multinomial``? On CPU it
     draws one exponential variate per vocabulary entry (the "exponential race"), which dominates a
-    sampling step at a 32k–150k vocabulary; inverse-CDF sampling needs one uniform per row: a cumulative
-    sum (in float64, so the last entry is exact to ~1e-16) and a binary search. Both draw exactly
-    from the same distribution. ``searchsorted(..., right=True)`` never lands on a token of
-    probability 0 (the CDF does not rise there). Top-k and top-p use the transformers warpers, so
+    sampling step at a 32k–150k vocabulary; inverse-CDF sampling needs one uniform per row
+    (:func:`_inverse_cdf_draw`: cumulative sums in float64, binary searches). Both draw exactly from
+    the same distribution, and a token of probability 0 is never drawn. Top-k and top-p use the transformers warpers, so
     their semantics (ties, ``min_tokens_to_keep``) are the library's.
     """
 
@@ -70,9 +99,7 @@ class _InverseCDFSampler:
         for warper in self.warpers:
             scores = warper(input_ids, scores)
         probs = torch.softmax(scores, dim=-1)  # (B, V)
-        cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # (B, V), non-decreasing
-        u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]  # in [0, total)
-        token = torch.searchsorted(cdf, u, right=True).clamp_max_(cdf.shape[-1] - 1)  # (B, 1)
+        token = _inverse_cdf_draw(probs)  # (B, 1)
         self.tokens.append(token.squeeze(1))
         self.logprobs.append(probs.gather(1, token).log_().squeeze(1))
         # the processed scores: -inf except the drawn token (one buffer, reset where the last token was)

@@ -213,9 +213,17 @@ def _make_accelerator(config: DistillConfig):
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] in float32. (B, T, V), (B, T) -> (B, T)"""
-    logits = logits.float()
-    return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    """log softmax(logits)[token] in float32. (B, T, V), (B, T) -> (B, T)
+
+    Without gradients the logsumexp runs a few rows at a time: the same numbers, about twice as fast on
+    a CPU at a large vocabulary (each chunk stays in cache)."""
+    picked = logits.gather(-1, tokens[..., None]).squeeze(-1).float()
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return picked - torch.logsumexp(logits.float(), dim=-1)
+    rows = logits.reshape(-1, logits.shape[-1])
+    step = max(1, 2**18 // max(rows.shape[-1], 1))
+    lse = torch.cat([chunk.float().logsumexp(-1) for chunk in rows.split(step)]) if rows.shape[0] else rows.sum(-1)
+    return picked - lse.reshape(picked.shape)
 
 
 def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None = None, *,

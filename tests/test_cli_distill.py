@@ -42,6 +42,15 @@ def test_distill_config_file_is_used_and_flags_override(capsys, tmp_path):
     assert out["steps"] == 1 and out["config"]["lmbda"] == 0.0 and out["config"]["batch_size"] == 4
 
 
+def test_distill_fused_lm_head_flag(capsys):
+    assert main(["distill", "--fused-lm-head", "--steps", "2", "--batch-size", "4", "--eval-every", "0",
+                 "--threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["fused_lm_head"] is True and out["steps"] == 2
+    assert main(["distill", "--fused-lm-head", "--estimator", "sampled", "--steps", "1"]) == 2
+    assert "fused_lm_head" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_demo_writes_a_table_a_plot_and_results(capsys, tmp_path):
     code = main(["demo", "--steps", "2", "--out", str(tmp_path), "--threads", "1", "--quiet"])

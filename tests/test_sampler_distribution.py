@@ -114,3 +114,47 @@ def test_sample_first_token_frequencies_match_the_model(char_tokenizer):
     assert stat < _bound(df), (stat, df)
     # the recorded log q(x) of each row is the model's own
     assert torch.allclose(r.sampling_logprobs[:, 0].double(), probs.log()[first], atol=1e-5)
+
+
+def _sparse_probs(vocab: int, positions: list[int], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.zeros(vocab, dtype=torch.float32)
+    probs[positions] = torch.rand(len(positions), generator=g) + 0.05
+    return probs
+
+
+@pytest.mark.parametrize("vocab, positions, scale", [
+    # mass on both sides of every block boundary (256, 512, 768), whole blocks empty, the last real entry
+    (1000, [0, 255, 256, 257, 511, 512, 767, 768, 998, 999], 1.0),
+    # one block only, the padded tail of the last block, an unnormalised total
+    (300, [3, 100, 255, 256, 299], 3.0),
+    # most blocks empty, mass in the first and the last
+    (5000, [1, 2, 4990, 4999], 0.2),
+])
+def test_two_level_draw_frequencies_across_block_boundaries(vocab, positions, scale):
+    from odistill.sampler import _inverse_cdf_draw
+
+    probs = _sparse_probs(vocab, positions, seed=vocab) * scale
+    rows = 120_000
+    torch.manual_seed(11)
+    tokens = _inverse_cdf_draw(probs.expand(rows, -1).contiguous()).squeeze(1)
+    counts = torch.bincount(tokens, minlength=vocab)
+    want = probs.double() / probs.double().sum()
+    assert counts[want == 0].sum() == 0, f"drew tokens of probability 0: {torch.nonzero(counts * (want == 0))[:5]}"
+    stat, df = _chi_square(counts, want)
+    assert stat < _bound(df), (stat, df)
+
+
+def test_two_level_draw_handles_a_point_mass_and_tiny_probabilities():
+    from odistill.sampler import _inverse_cdf_draw
+
+    vocab = 1000
+    probs = torch.zeros(4, vocab)
+    probs[0, 999] = 1.0  # point mass on the last entry of a padded block
+    probs[1, 256] = 1.0  # point mass on the first entry of a block
+    probs[2] = 1e-30  # every entry tiny but positive
+    probs[3, 0], probs[3, 500] = 1e-40, 1.0  # a denormal next to the mass
+    torch.manual_seed(0)
+    for _ in range(200):
+        token = _inverse_cdf_draw(probs).squeeze(1)
+        assert token[0] == 999 and token[1] == 256 and 0 <= token[2] < vocab and token[3] in (0, 500)
