@@ -153,22 +153,28 @@ def render_prompts(tokenizer, prompts) -> tuple[list[str], list[list[int]]]:
         raise TypeError("prompts must be a list of strings or a list of chat conversations (lists of messages)")
     if len(prompts) == 0:
         raise ValueError("prompts is empty: pass at least one prompt")
-    texts, ids = [], []
+    texts, special = [], []  # special: add the tokenizer's special tokens (plain strings) or not (rendered chats)
     for prompt in prompts:
         if isinstance(prompt, str):
             texts.append(prompt)
-            ids.append(list(tokenizer(prompt)["input_ids"]))
+            special.append(True)
         elif isinstance(prompt, Sequence) and all(isinstance(m, dict) for m in prompt):
             if getattr(tokenizer, "chat_template", None) is None:
                 raise ValueError(
                     "a prompt is a chat conversation but the tokenizer has no chat_template; pass plain "
                     "strings, or set tokenizer.chat_template"
                 )
-            text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-            texts.append(text)
-            ids.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+            texts.append(tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True))
+            special.append(False)
         else:
             raise TypeError(f"each prompt must be a string or a list of message dicts, got {type(prompt).__name__}")
+    ids: list[list[int] | None] = [None] * len(texts)
+    for flag in (True, False):  # one batched tokenizer call per kind
+        where = [i for i, s in enumerate(special) if s is flag]
+        if where:
+            encoded = tokenizer([texts[i] for i in where], add_special_tokens=flag)["input_ids"]
+            for i, row in zip(where, encoded, strict=True):
+                ids[i] = list(row)
     return texts, ids
 
 

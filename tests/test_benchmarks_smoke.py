@@ -22,6 +22,7 @@ SCRIPTS = {
     "bench_teacher_memory.py": ["--spawn"],  # one script also runs its jobs in fresh processes, as the real run does
     "bench_steps_to_target.py": [],
     "bench_fused.py": [],
+    "profile_step.py": [],
 }
 
 
