@@ -30,9 +30,9 @@ PHASES = ("sample", "score", "student forward", "loss", "backward", "optimizer")
 
 def profile(case_name: str, steps: int) -> dict:
     import torch
+    from bench_step import CASES, build_case
 
     import odistill
-    from bench_step import CASES, build_case
 
     case = CASES[case_name]
     student, teacher, tok, dataset, desc = build_case(case)
@@ -60,7 +60,7 @@ def profile(case_name: str, steps: int) -> dict:
         marks.append(time.perf_counter())
         if step == 0:
             continue  # warm-up
-        for phase, (a, b) in zip(PHASES, zip(marks, marks[1:]), strict=True):
+        for phase, (a, b) in zip(PHASES, zip(marks[:-1], marks[1:], strict=True), strict=True):
             times[phase].append(b - a)
     medians = {phase: statistics.median(v) for phase, v in times.items()}
     return {"case": case_name, "models": desc, "steps": steps, "medians": medians, "total": sum(medians.values()),

@@ -34,7 +34,14 @@ import torch
 from .config import DistillConfig
 from .divergences import NonFiniteLossError
 from .loss import distillation_loss, sampled_token_loss
-from .rollouts import Rollouts, completion_hidden, completion_logits, lm_head_of, resolve_special_ids, rollouts_from_text
+from .rollouts import (
+    Rollouts,
+    completion_hidden,
+    completion_logits,
+    lm_head_of,
+    resolve_special_ids,
+    rollouts_from_text,
+)
 from .sampler import sample
 from .teacher import TeacherScorer, check_vocab_compatible
 

@@ -14,12 +14,11 @@ import math
 
 import pytest
 import torch
+from conftest import make_tiny_llama
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from odistill.rollouts import completion_logits
 from odistill.sampler import _InverseCDFSampler, sample
-
-from conftest import make_tiny_llama
 
 
 def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
