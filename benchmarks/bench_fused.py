@@ -18,7 +18,7 @@ every implementation must produce. Each implementation runs in its own fresh pro
 Usage::
 
     python benchmarks/bench_fused.py               # (2, 512) tokens, H 896/1536, V 151936
-    python benchmarks/bench_fused.py --size modest # (1, 256) tokens: run_all's size
+    python benchmarks/bench_fused.py --size modest # (1, 128) tokens: run_all's size
     python benchmarks/bench_fused.py --quick       # tiny smoke run
 """
 
@@ -46,7 +46,7 @@ from _common import (
 
 SIZES = {
     "target": {"batch": 2, "tokens": 512, "student_hidden": 896, "teacher_hidden": 1536, "vocab": 151936},
-    "modest": {"batch": 1, "tokens": 256, "student_hidden": 896, "teacher_hidden": 1536, "vocab": 151936},
+    "modest": {"batch": 1, "tokens": 128, "student_hidden": 896, "teacher_hidden": 1536, "vocab": 151936},
     "quick": {"batch": 2, "tokens": 8, "student_hidden": 16, "teacher_hidden": 24, "vocab": 500},
 }
 BETAS = (0.5, 1.0)

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 MODEST = [
     ("bench_jsd.py", ["--size", "modest", "--repeats", "3"]),
     ("bench_step.py", ["--pairs", "1"]),
-    ("bench_fused.py", ["--size", "modest", "--repeats", "2"]),
+    ("bench_fused.py", ["--size", "modest", "--repeats", "2", "--betas", "1"]),
     ("bench_teacher_memory.py", []),
     ("bench_steps_to_target.py", ["--seeds", "1", "--max-steps", "200"]),
 ]

@@ -599,8 +599,9 @@ def fused_linear_divergence(kind, student_hidden, student_weight, teacher_hidden
         weight: β of ``generalized_jsd`` or α of the skew KLs.
         temperature: divides both logits.
         reduction: ``"mean"`` or ``"sum"`` (``"none"`` works without gradients).
-        chunk_size: rows per chunk (None: about :data:`FUSED_CHUNK_ELEMENTS` logits per chunk, i.e.
-            ``max(1, 2**24 // V)`` rows; extra memory is a few times one chunk's logits).
+        chunk_size: rows per chunk (None: ``max(1, min(2**24 // V, ⌈N / 8⌉))`` for N counted rows —
+            about :data:`FUSED_CHUNK_ELEMENTS` logits, but at most an eighth of the rows, so that a chunk's
+            few temporaries stay well below the full logits; extra memory is a few times one chunk).
         token_ids: ``(...)`` token ids (e.g. the sampled completion tokens). When given, the result is
             ``(loss, student_token_logprobs, teacher_token_logprobs)``: both models' log p(token) at
             temperature 1 at every position (0 where ``mask`` is False), without gradients — a free
@@ -636,7 +637,10 @@ def fused_linear_divergence(kind, student_hidden, student_weight, teacher_hidden
     need = tuple(bool(grad_on and x is not None and x.requires_grad) for x in inputs)
     dtype = torch.float64 if any(x is not None and x.dtype == torch.float64 for x in inputs) else torch.float32
     vocab = student_weight.shape[0]
-    chunk_rows = max(1, FUSED_CHUNK_ELEMENTS // max(vocab, 1)) if chunk_size is None else int(chunk_size)
+    if chunk_size is None:  # big enough for efficient matmuls, small next to the full logits
+        chunk_rows = max(1, min(FUSED_CHUNK_ELEMENTS // max(vocab, 1), -(-hs.shape[0] // 8)))
+    else:
+        chunk_rows = int(chunk_size)
     if chunk_rows < 1:
         raise ValueError(f"chunk_size must be >= 1 rows, got {chunk_size!r}")
     if reduction == "none" and any(need):
