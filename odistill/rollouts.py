@@ -228,6 +228,15 @@ def rollouts_from_text(tokenizer, prompts, completions: Sequence[str], *, add_eo
     )
 
 
+def _forward_inputs(rollouts: Rollouts) -> tuple[dict, slice]:
+    """The model inputs of a rollout batch (position ids skip left padding) and the columns whose outputs
+    predict the T completion tokens: ``P − 1 … P + T − 2``."""
+    input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
+    total, width = input_ids.shape[1], input_ids.shape[1] - rollouts.prompt_width
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    return kwargs, slice(total - width - 1, total - 1)
+
+
 def completion_logits(model, rollouts: Rollouts, *, vocab_size: int | None = None) -> torch.Tensor:
     """Logits that predict each completion token: ``(B, T, V)``, float as the model returns them.
 
@@ -241,19 +250,16 @@ def completion_logits(model, rollouts: Rollouts, *, vocab_size: int | None = Non
         rollouts: the batch, on the model's device.
         vocab_size: keep only the first ``vocab_size`` logits (a model may pad its vocabulary).
     """
-    input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
-    width = input_ids.shape[1] - rollouts.prompt_width  # T
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
-    total = input_ids.shape[1]
-    # columns P − 1 … P + T − 2: the hidden states are gathered before the LM head, so only T rows of
-    # logits are computed and they come out contiguous
-    keep = torch.arange(total - width - 1, total - 1, device=input_ids.device)
+    kwargs, columns = _forward_inputs(rollouts)
+    # the hidden states are gathered before the LM head, so only T rows of logits are computed and they
+    # come out contiguous
+    keep = torch.arange(columns.start, columns.stop, device=rollouts.input_ids.device)
     try:
         logits = model(**kwargs, logits_to_keep=keep, use_cache=False).logits
     except TypeError:  # a model without logits_to_keep: compute everything, then slice
-        logits = model(**kwargs, use_cache=False).logits[:, -(width + 1) : -1]
-    if logits.shape[1] != width:  # a model that ignores a tensor logits_to_keep
-        logits = logits[:, -(width + 1) : -1]
+        logits = model(**kwargs, use_cache=False).logits[:, columns]
+    if logits.shape[1] != len(keep):  # a model that ignores a tensor logits_to_keep
+        logits = logits[:, columns]
     if vocab_size is not None and logits.shape[-1] != vocab_size:
         logits = logits[..., :vocab_size]
     return logits
@@ -298,16 +304,12 @@ def completion_hidden(model, rollouts: Rollouts) -> torch.Tensor:
     asked for no logits (``logits_to_keep`` = an empty index), so the ``(B, T, V)`` tensor never exists;
     this is the input of :func:`odistill.chunked.fused_linear_divergence`.
     """
-    input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
-    width = input_ids.shape[1] - rollouts.prompt_width  # T
-    total = input_ids.shape[1]
-    none = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+    kwargs, columns = _forward_inputs(rollouts)
+    none = torch.zeros(0, dtype=torch.long, device=rollouts.input_ids.device)
     try:
-        out = model(input_ids=input_ids, attention_mask=attention_mask,
-                    position_ids=position_ids_from_mask(attention_mask), logits_to_keep=none,
-                    output_hidden_states=True, use_cache=False)
+        out = model(**kwargs, logits_to_keep=none, output_hidden_states=True, use_cache=False)
     except TypeError as error:
         raise ValueError(f"{type(getattr(model, 'module', model)).__name__}.forward does not accept logits_to_keep / "
                          "output_hidden_states, which the fused LM-head loss needs; set fused_lm_head=False") from error
     hidden = out.hidden_states[-1]  # (B, P + T, H): after the final norm, what the LM head reads
-    return hidden[:, total - width - 1 : total - 1]
+    return hidden[:, columns]

@@ -80,15 +80,17 @@ class _InverseCDFSampler:
     draws one exponential variate per vocabulary entry (the "exponential race"), which dominates a
     sampling step at a 32k–150k vocabulary; inverse-CDF sampling needs one uniform per row
     (:func:`_inverse_cdf_draw`: cumulative sums in float64, binary searches). Both draw exactly from
-    the same distribution, and a token of probability 0 is never drawn. Top-k and top-p use the transformers warpers, so
-    their semantics (ties, ``min_tokens_to_keep``) are the library's.
+    the same distribution, and a token of probability 0 is never drawn. Top-k and top-p use the
+    transformers warpers, so their semantics (ties, ``min_tokens_to_keep``) are the library's.
     """
 
     def __init__(self, temperature: float, top_k: int, top_p: float):
         from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
         self.temperature = temperature
-        self.warpers = ([TopKLogitsWarper(top_k)] if top_k > 0 else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+        self.warpers = [TopKLogitsWarper(top_k)] if top_k > 0 else []
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
         self.tokens: list[torch.Tensor] = []
         self.logprobs: list[torch.Tensor] = []
         self._out: torch.Tensor | None = None

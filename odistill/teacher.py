@@ -31,13 +31,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .divergences import MASKED_LOG_PROB
+from .divergences import MASKED_LOG_PROB, logsumexp_rows
 from .rollouts import Rollouts, completion_hidden, completion_logits, lm_head_of
 
 __all__ = ["TeacherScorer", "TeacherScores", "output_vocab_size", "check_vocab_compatible"]
 
 _MODES = ("full", "topk", "sampled", "hidden")
-_LSE_ROWS = 1  # sequences per float32 logsumexp chunk in the topk / sampled modes
 
 
 @dataclass
@@ -162,7 +161,7 @@ class TeacherScorer:
             token = logprobs.gather(-1, safe_ids).squeeze(-1)
         else:
             # log p(x) = logit(x) − logsumexp(logits), in float32 a few rows at a time: no (b, T, V) float32 copy
-            lse = torch.cat([chunk.float().logsumexp(-1) for chunk in logits.split(_LSE_ROWS, dim=0)])  # (b, T)
+            lse = logsumexp_rows(logits)  # (b, T)
             token = logits.gather(-1, safe_ids).squeeze(-1).float() - lse
         token = torch.where(in_vocab, token, torch.full_like(token, MASKED_LOG_PROB))
         token = token.masked_fill(~rollouts.completion_mask, 0.0)

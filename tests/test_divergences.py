@@ -495,6 +495,35 @@ def test_token_log_probs_matches_log_softmax_gather():
         token_log_probs(logits, tokens[:, :2])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logsumexp_rows_chunked_equals_float64_reference(dtype):
+    from odistill.divergences import logsumexp_rows
+
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(5, 3, 2**17, generator=g) * 4).to(dtype)  # 2 rows per chunk: 8 chunks
+    ref = torch.logsumexp(logits.double() / 0.7, dim=-1)
+    with torch.no_grad():
+        got = logsumexp_rows(logits, temperature=0.7)
+    assert got.dtype == torch.float32 and got.shape == (5, 3)
+    assert torch.allclose(got.double(), ref, rtol=1e-6)
+    assert logsumexp_rows(torch.zeros(0, 4)).shape == (0,)
+    # with a gradient wanted it is one differentiable call, the same numbers
+    x = logits[:2].float().requires_grad_(True)
+    out = logsumexp_rows(x, temperature=0.7)
+    out.sum().backward()
+    assert torch.allclose(out.double(), ref[:2], rtol=1e-6)
+    assert torch.allclose(x.grad.sum(-1), torch.full((2, 3), 1 / 0.7), atol=1e-4)  # softmax rows sum to 1
+
+
+def test_token_log_probs_without_grad_equals_with_grad():
+    logits = torch.randn(3, 40, 9000) * 3  # several chunks without a gradient
+    tokens = torch.randint(0, 9000, (3, 40))
+    with torch.no_grad():
+        fast = token_log_probs(logits, tokens)
+    slow = token_log_probs(logits.requires_grad_(True), tokens)
+    assert torch.allclose(fast, slow.detach(), atol=1e-5)
+
+
 def test_public_api_exports():
     for name in ("forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl",
                  "total_variation", "kl_k1", "kl_k2", "kl_k3"):
