@@ -7,7 +7,7 @@ student's hidden states and LM-head weight:
 
 * ``trl``: ``logits = h @ Wᵀ`` for both models, then ``GKDTrainer.generalized_jsd_loss``;
 * ``odistill``: the same logits, then ``odistill.generalized_jsd`` (chunked path);
-* ``odistill_fused``: ``odistill.chunked.fused_linear_divergence`` — logits, softmaxes and logit
+* ``odistill_fused``: ``odistill.core.fused.fused_linear_divergence`` — logits, softmaxes and logit
   gradients exist one chunk of rows at a time; the gradient goes straight on to ``h_S`` and ``W_S``.
 
 Shapes are those of a Qwen2.5-0.5B student (hidden 896, V = 151,936) and a wider teacher (hidden
@@ -70,9 +70,9 @@ def _loss_fn(impl: str):
     import torch
 
     if impl == "odistill_fused":
-        from odistill.chunked import fused_linear_divergence
+        from odistill.core.fused import fused_linear_divergence
 
-        return lambda hs, ws, ht, wt, mask, beta: fused_linear_divergence("generalized_jsd", hs, ws, ht, wt, mask,
+        return lambda hs, ws, ht, wt, mask, beta: fused_linear_divergence("jsd", hs, ws, ht, wt, mask,
                                                                           weight=beta)
     if impl == "odistill":
         from odistill import generalized_jsd

@@ -62,7 +62,7 @@ LR = 1e-4
 
 def _big_vocab_tokenizer(vocab: int):
     """A character tokenizer with exactly ``vocab`` tokens: the addition symbols plus filler characters."""
-    from odistill.tokenizer import build_char_tokenizer
+    from odistill.bench.tokenizer import build_char_tokenizer
 
     task_symbols = "0123456789+="
     fillers = [chr(0x4E00 + i) for i in range(vocab - 4 - len(task_symbols))]  # CJK block: single characters
@@ -73,8 +73,8 @@ def _big_vocab_tokenizer(vocab: int):
 
 def build_case(case: dict):
     """(student, teacher, tokenizer, dataset) for a case; the same weights in every process (seeded)."""
-    from odistill.models import build_model, load_model
-    from odistill.tasks import get_task
+    from odistill.bench.models import build_model, load_model
+    from odistill.bench.tasks import get_task
 
     dataset = get_task("addition").make_dataset(4096, seed=0)
     kind, name = case["models"].split(":")
@@ -88,7 +88,7 @@ def build_case(case: dict):
             case = {**case, "vocab": 16, "student": "tiny", "teacher": "base"}
             kind, name = "random", "llama"
     if case["vocab"] <= 16:
-        from odistill.tokenizer import build_char_tokenizer
+        from odistill.bench.tokenizer import build_char_tokenizer
 
         tok = build_char_tokenizer("0123456789+=")
     else:

@@ -9,7 +9,7 @@ The lab bench's shipped checkpoints of one task (``odistill.load_model("<task>-t
 
 with the same divergence (``--beta``, default 1 = reverse KL), batch, learning rate and seed. Every
 ``--eval-every`` steps the student's greedy accuracy on ``--n-eval`` held-out prompts
-(``odistill.evaluation.evaluate``) is compared with the target, 0.95 × the teacher's accuracy on the
+(``odistill.bench.evaluation.evaluate``) is compared with the target, 0.95 × the teacher's accuracy on the
 same prompts; a run stops at the first evaluation that reaches it (or after ``--max-steps``, then
 reported as not reached). Steps are counted, not seconds: the number does not depend on the machine.
 Each seed runs in a fresh process; the ratio on/off is taken per seed.
@@ -46,9 +46,9 @@ def worker(job: dict) -> dict:
     import time
 
     from odistill import DistillConfig, distill
-    from odistill.evaluation import evaluate
-    from odistill.models import load_model
-    from odistill.tasks import get_task
+    from odistill.bench.evaluation import evaluate
+    from odistill.bench.models import load_model
+    from odistill.bench.tasks import get_task
 
     setup_torch(job["threads"])
     task = get_task(job["task"])

@@ -47,9 +47,9 @@ def worker(job: dict) -> dict:
 
     import torch
 
-    from odistill.models import build_model
-    from odistill.rollouts import Rollouts
-    from odistill.teacher import TeacherScorer
+    from odistill.bench.models import build_model
+    from odistill.core.rollouts import Rollouts
+    from odistill.core.teacher import TeacherScorer
 
     setup_torch(job["threads"])
     size = job["size"]

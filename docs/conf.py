@@ -7,7 +7,7 @@ Build:  ``make docs``  (= ``sphinx-build -W --keep-going -b html docs docs/_buil
   ``../notebooks`` into ``docs/notebooks`` (git-ignored) at the start of each build, so every notebook
   there (and under ``notebooks/exercises/``) is picked up by the glob toctrees of ``notebooks.md`` and
   the generated ``exercises.md``, with no hand-made copies.
-* ``cli.md`` is generated at build time from ``odistill.cli._build_parser()`` (``_ext/cli_reference.py``),
+* ``cli.md`` is generated at build time from ``odistill.cli.build_parser()`` (``_ext/cli_reference.py``),
   and ``exercises.md`` from the notebooks' exercise sections (``_ext/exercise_index.py``).
 * The API pages use autodoc + napoleon (Google-style docstrings).
 * MathJax is served from the site itself (``sphinx-mathjax-offline``), so ``$…$`` math in the notebooks
@@ -47,6 +47,7 @@ extensions = [
     "notebook_sync",  # mirrors ../notebooks into docs/notebooks (git-ignored) before reading
     "cli_reference",  # writes cli.md from the argparse parser
     "exercise_index",  # writes exercises.md from the notebooks' exercise sections
+    "config_reference",  # writes api/config_fields.md from DistillConfig's field metadata
 ]
 
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}

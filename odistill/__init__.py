@@ -4,78 +4,67 @@ A student LM learns from a teacher LM. Off-policy distillation trains the studen
 not write, usually with forward KL(teacher ‖ student); on-policy distillation lets the student sample,
 the teacher score every sampled token, and the student minimise reverse KL(student ‖ teacher).
 
-The public API is re-exported here; see the documentation for a tour.
+The package has five parts (``docs/architecture.md`` draws them)::
+
+    odistill.core       the pipe: sampler, teacher, divergences, losses (any Hugging Face causal LM)
+    odistill.train      distill(): config, the loop of named steps, checkpoints, loggers
+    odistill.bench      the lab bench: tasks, tokenizer, tiny models and checkpoints, SFT, evaluation
+    odistill.classroom  plots, widgets and exercise checkers for the notebooks
+    odistill.cli        the ``odistill`` command
+
+The public API is re-exported here and loaded on first use, so ``import odistill`` is cheap and
+``import odistill.core.divergences`` loads neither the training loop nor the lab bench.
 """
 
-from . import experiments
-from .config import PRESETS, ConfigError, DistillConfig
-from .divergences import (
-    MASKED_LOG_PROB,
-    NonFiniteLossError,
-    forward_kl,
-    generalized_jsd,
-    kl_k1,
-    kl_k2,
-    kl_k3,
-    reverse_kl,
-    skew_forward_kl,
-    skew_reverse_kl,
-    token_log_probs,
-    total_variation,
-)
-from .evaluation import evaluate, generate_completions
-from .loss import distillation_loss, sampled_token_loss
-from .models import MODEL_SIZES, build_model, list_shipped, load_model, read_metadata
-from .rollouts import Rollouts, completion_logits, rollouts_from_text
-from .sampler import sample
-from .sft import train_sft
-from .tasks import Task, build_char_tokenizer, get_task, list_tasks
-from .teacher import TeacherScorer, TeacherScores
-from .trainer import DatasetError, DistillResult, distill
+from __future__ import annotations
+
+import importlib
+
+from . import compat
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "MASKED_LOG_PROB",
-    "NonFiniteLossError",
-    "forward_kl",
-    "reverse_kl",
-    "generalized_jsd",
-    "skew_forward_kl",
-    "skew_reverse_kl",
-    "total_variation",
-    "kl_k1",
-    "kl_k2",
-    "kl_k3",
-    "token_log_probs",
-    # pipeline
-    "Rollouts",
-    "sample",
-    "rollouts_from_text",
-    "completion_logits",
-    "TeacherScorer",
-    "TeacherScores",
-    "distillation_loss",
-    "sampled_token_loss",
-    "DistillConfig",
-    "ConfigError",
-    "PRESETS",
-    "distill",
-    "DistillResult",
-    "DatasetError",
-    # lab bench
-    "Task",
-    "get_task",
-    "list_tasks",
-    "build_char_tokenizer",
-    "MODEL_SIZES",
-    "build_model",
-    "load_model",
-    "list_shipped",
-    "read_metadata",
-    "train_sft",
-    "evaluate",
-    "generate_completions",
-    "experiments",
-]
+#: Public name → the module that defines it.
+_EXPORTS = {
+    **dict.fromkeys(("MASKED_LOG_PROB", "NonFiniteLossError", "token_log_probs"), "odistill.core.tensor_ops"),
+    **dict.fromkeys(("forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl",
+                     "total_variation", "kl_k1", "kl_k2", "kl_k3", "DIVERGENCES"), "odistill.core.divergences"),
+    **dict.fromkeys(("Rollouts", "rollouts_from_text"), "odistill.core.rollouts"),
+    "completion_logits": "odistill.core.forward",
+    "sample": "odistill.core.sampler",
+    **dict.fromkeys(("Teacher", "TeacherScorer", "TeacherScores"), "odistill.core.teacher"),
+    **dict.fromkeys(("distillation_loss", "sampled_token_loss"), "odistill.core.loss"),
+    **dict.fromkeys(("DistillConfig", "ConfigError", "PRESETS"), "odistill.train.config"),
+    **dict.fromkeys(("distill", "DistillResult"), "odistill.train.trainer"),
+    "DatasetError": "odistill.train.data",
+    **dict.fromkeys(("Task", "get_task", "list_tasks"), "odistill.bench.tasks"),
+    "build_char_tokenizer": "odistill.bench.tokenizer",
+    **dict.fromkeys(("MODEL_SIZES", "build_model", "load_model", "list_shipped", "read_metadata"),
+                    "odistill.bench.models"),
+    "train_sft": "odistill.bench.sft",
+    **dict.fromkeys(("evaluate", "generate_completions"), "odistill.bench.evaluation"),
+}
+
+#: Modules reachable as attributes (``odistill.experiments``, ``from odistill import viz``).
+_MODULES = {"experiments": "odistill.bench.experiments", "viz": "odistill.classroom.viz",
+            "core": "odistill.core", "train": "odistill.train", "bench": "odistill.bench",
+            "classroom": "odistill.classroom", "cli": "odistill.cli"}
+
+__all__ = ["__version__", *_EXPORTS, "experiments"]
+
+compat.install_moved_modules()
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    else:
+        raise AttributeError(f"module 'odistill' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | set(_MODULES))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild every shipped checkpoint (odistill/checkpoints/<task>-teacher and <task>-student) from scratch.
+# Rebuild every shipped checkpoint (odistill/bench/checkpoints/<task>-teacher and <task>-student) from scratch.
 #
 #   bash scripts/build_checkpoints.sh            all tasks
 #   bash scripts/build_checkpoints.sh addition   one task
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 ODISTILL="${ODISTILL:-.venv/bin/odistill}"
 TASKS=("${@:-addition permutations sorting}")
 for task in ${TASKS[@]}; do
-  "$ODISTILL" train-teacher --task "$task" --out "odistill/checkpoints/$task-teacher" --seed 0
-  "$ODISTILL" train-teacher --task "$task" --out "odistill/checkpoints/$task-student" --seed 0 --student
+  "$ODISTILL" train-teacher --task "$task" --out "odistill/bench/checkpoints/$task-teacher" --seed 0
+  "$ODISTILL" train-teacher --task "$task" --out "odistill/bench/checkpoints/$task-student" --seed 0 --student
 done
 "$ODISTILL" eval --task addition --json

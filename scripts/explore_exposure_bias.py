@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from odistill.divergences import forward_kl, reverse_kl
-from odistill.evaluation import evaluate
-from odistill.models import load_model
-from odistill.tasks import get_task
+from odistill.core.divergences import forward_kl, reverse_kl
+from odistill.bench.evaluation import evaluate
+from odistill.bench.models import load_model
+from odistill.bench.tasks import get_task
 
 
 def sample_sequences(model, tokenizer, prompts, *, max_new_tokens, temperature=1.0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from odistill.tokenizer import build_char_tokenizer
+from odistill.bench.tokenizer import build_char_tokenizer
 
 torch.set_num_threads(2)
 

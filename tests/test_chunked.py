@@ -1,4 +1,4 @@
-"""The chunked divergences (odistill.chunked) against the plain autograd implementations.
+"""The chunked divergences (odistill.core.chunked) against the plain autograd implementations.
 
 Small vocabularies and chunk sizes of 1–5 rows, so every chunk boundary, gathered leftover and masked
 row is exercised; float64 so that "the same numbers" means agreement to ~1e-12.
@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-import odistill.chunked as chunked
+import odistill.core.chunked as chunked
 from odistill import (
     NonFiniteLossError,
     forward_kl,
@@ -21,6 +21,8 @@ from odistill import (
     skew_reverse_kl,
     total_variation,
 )
+from odistill.core.divergences import get_divergence
+from odistill.core.fused import fused_linear_divergence
 
 FUNCS = {
     "forward_kl": (forward_kl, {}),
@@ -233,8 +235,10 @@ def test_validation_errors_are_the_plain_paths():
         forward_kl(torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.ones(2, 4, dtype=torch.bool), chunk_size=1)
     with pytest.raises(ValueError, match="temperature"):
         forward_kl(torch.randn(2, 5), torch.randn(2, 5), temperature=0.0, chunk_size=1)
-    with pytest.raises(ValueError, match="unknown divergence"):
+    with pytest.raises(TypeError, match="kernel must be a chunk kernel"):
         chunked.chunked_divergence("nope", torch.randn(2, 5), torch.randn(2, 5))
+    with pytest.raises(ValueError, match="unknown divergence 'nope'; registered divergences"):
+        get_divergence("nope")
 
 
 def test_integer_mask_and_skew_alpha_one():
@@ -251,7 +255,7 @@ def test_integer_mask_and_skew_alpha_one():
 @pytest.mark.parametrize("kind, fn, kw", [
     ("reverse_kl", reverse_kl, {}),
     ("forward_kl", forward_kl, {}),
-    ("generalized_jsd", generalized_jsd, {"beta": 0.4}),
+    ("jsd", generalized_jsd, {"beta": 0.4}),
     ("skew_reverse_kl", skew_reverse_kl, {"alpha": 0.2}),
     ("total_variation", total_variation, {}),
 ])
@@ -264,14 +268,14 @@ def test_fused_linear_matches_logits_then_divergence(kind, fn, kw):
     wt = torch.randn(40, 6, dtype=torch.float64, generator=g, requires_grad=True)
     mask = torch.rand(3, 5, generator=g) < 0.6
     weight = kw.get("beta", kw.get("alpha"))
-    got = chunked.fused_linear_divergence(kind, hs, ws, ht, wt, mask, student_bias=bs, weight=weight, temperature=1.3,
+    got = fused_linear_divergence(kind, hs, ws, ht, wt, mask, student_bias=bs, weight=weight, temperature=1.3,
                                           chunk_size=2)
     want = fn(torch.nn.functional.linear(hs, ws, bs), ht @ wt.T, mask, temperature=1.3, chunk_size=None, **kw)
     inputs = (hs, ws, bs, ht, wt)
     for a, b in zip(torch.autograd.grad(2 * got, inputs), torch.autograd.grad(2 * want, inputs), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    f = lambda h, w: chunked.fused_linear_divergence(kind, h, w, ht.detach(), wt.detach(), mask, weight=weight,
+    f = lambda h, w: fused_linear_divergence(kind, h, w, ht.detach(), wt.detach(), mask, weight=weight,
                                                      chunk_size=2)
     assert torch.autograd.gradcheck(f, (hs, ws))
 
@@ -279,9 +283,9 @@ def test_fused_linear_matches_logits_then_divergence(kind, fn, kw):
 def test_fused_linear_none_reduction_and_errors():
     hs, ws, ht, wt = torch.randn(2, 3, 4), torch.randn(10, 4), torch.randn(2, 3, 5), torch.randn(10, 5)
     mask = torch.tensor([[True, False, True], [False, True, True]])
-    values = chunked.fused_linear_divergence("reverse_kl", hs, ws, ht, wt, mask, reduction="none", chunk_size=2)
+    values = fused_linear_divergence("reverse_kl", hs, ws, ht, wt, mask, reduction="none", chunk_size=2)
     torch.testing.assert_close(values, reverse_kl(hs @ ws.T, ht @ wt.T, mask, reduction="none", chunk_size=None))
     with pytest.raises(ValueError, match="reduction='none' has no gradient"):
-        chunked.fused_linear_divergence("reverse_kl", hs.requires_grad_(), ws, ht, wt, reduction="none")
+        fused_linear_divergence("reverse_kl", hs.requires_grad_(), ws, ht, wt, reduction="none")
     with pytest.raises(ValueError, match="vocabulary sizes differ"):
-        chunked.fused_linear_divergence("reverse_kl", hs, ws, ht, torch.randn(11, 5))
+        fused_linear_divergence("reverse_kl", hs, ws, ht, torch.randn(11, 5))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from odistill.bench.models import load_model, read_metadata
 from odistill.cli import main
-from odistill.models import load_model, read_metadata
 
 
 def test_help_lists_the_commands(capsys):

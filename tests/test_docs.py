@@ -262,9 +262,9 @@ def test_every_public_module_has_an_api_page():
 
 
 def test_cli_reference_is_generated_from_the_parser(site):
-    from odistill.cli import _build_parser
+    from odistill.cli import build_parser
 
-    parser = _build_parser()
+    parser = build_parser()
     page = (site / "cli.html").read_text(encoding="utf-8")
     commands = next(a.choices for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
     assert commands, "the parser has no subcommands"
@@ -397,8 +397,8 @@ def test_api_page_renders(server, chromium):
         assert name in dom, f"{name} not in the API overview"
     dom = _browse(chromium, f"{base}/api/divergences.html", "--dump-dom")
     page = _parse(dom)
-    for anchor in ("odistill.divergences.forward_kl", "odistill.divergences.reverse_kl",
-                   "odistill.divergences.generalized_jsd"):
+    for anchor in ("odistill.core.divergences.forward_kl", "odistill.core.divergences.reverse_kl",
+                   "odistill.core.divergences.generalized_jsd"):
         assert anchor in page.ids, f"autodoc entry {anchor} missing"
     assert "KL(p_T ‖ p_S)" in dom and "Σ" in dom, "the docstrings' unicode math is not on the page"
     _no_browser_404(log, since)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from odistill.evaluation import evaluate, generate_completions
-from odistill.models import load_model
-from odistill.tasks import get_task
+from odistill.bench.evaluation import evaluate, generate_completions
+from odistill.bench.models import load_model
+from odistill.bench.tasks import get_task
 
 TASKS = ["addition", "permutations", "sorting"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from odistill.exercises import (
+from odistill.classroom.exercises import (
     ExerciseError,
     check_diagnosis,
     check_is_loss,

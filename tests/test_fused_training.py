@@ -7,12 +7,12 @@ import torch
 from conftest import make_tiny_llama
 
 from odistill import ConfigError, DistillConfig, distill
-from odistill.chunked import fused_linear_divergence
-from odistill.divergences import generalized_jsd
-from odistill.loss import distillation_loss
-from odistill.rollouts import completion_hidden, completion_logits, lm_head_of
-from odistill.sampler import sample
-from odistill.teacher import TeacherScorer
+from odistill.core.divergences import generalized_jsd
+from odistill.core.forward import completion_hidden, completion_logits, lm_head_of
+from odistill.core.fused import fused_linear_divergence
+from odistill.core.loss import distillation_loss
+from odistill.core.sampler import sample
+from odistill.core.teacher import TeacherScorer
 
 DATA = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(20) for b in range(20)]
 PROMPTS = ["12+3=", "4+56=", "789+1=", "0+0="]
@@ -60,7 +60,7 @@ def test_fused_token_logprobs_are_the_models_own_at_temperature_one():
     ht, wt = torch.randn(2, 5, 12), torch.randn(30, 12)
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
     ids = torch.randint(0, 30, (2, 5))
-    loss, lp_s, lp_t = fused_linear_divergence("generalized_jsd", hs, ws, ht, wt, mask, weight=0.3, temperature=2.0,
+    loss, lp_s, lp_t = fused_linear_divergence("jsd", hs, ws, ht, wt, mask, weight=0.3, temperature=2.0,
                                                token_ids=ids, chunk_size=3)
     ref = generalized_jsd(hs @ ws.T, ht @ wt.T, mask, beta=0.3, temperature=2.0)
     assert torch.allclose(loss, ref, atol=1e-6)

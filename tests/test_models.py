@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
-from odistill.models import (
+from odistill.bench.models import (
     CHECKPOINT_DIR,
     MODEL_SIZES,
     build_model,
@@ -16,7 +16,7 @@ from odistill.models import (
     read_metadata,
     save_checkpoint,
 )
-from odistill.tasks import build_char_tokenizer, get_task, list_tasks
+from odistill.bench.tasks import build_char_tokenizer, get_task, list_tasks
 
 TASKS = ["addition", "permutations", "sorting"]
 
@@ -100,7 +100,7 @@ def test_load_model_errors_name_the_problem(tmp_path):
 
 
 def test_hub_ids_go_to_the_hub(monkeypatch):
-    import odistill.models
+    import odistill.bench.models
 
     asked = []
 
@@ -110,7 +110,7 @@ def test_hub_ids_go_to_the_hub(monkeypatch):
             asked.append(name)
             raise OSError("offline")
 
-    monkeypatch.setattr(odistill.models, "AutoTokenizer", OfflineHub)
+    monkeypatch.setattr(odistill.bench.models, "AutoTokenizer", OfflineHub)
     with pytest.raises(FileNotFoundError, match="hub") as info:
         load_model("odistill-test/some-model")
     assert asked == ["odistill-test/some-model"] and "addition-teacher" in str(info.value)

@@ -10,10 +10,11 @@ import torch
 from conftest import make_tiny_llama
 
 from odistill import reverse_kl
-from odistill.loss import distillation_loss, sampled_token_loss
-from odistill.rollouts import completion_logits, completion_mask_from_ids, rollouts_from_text
-from odistill.sampler import sample
-from odistill.teacher import TeacherScorer, check_vocab_compatible
+from odistill.core.forward import completion_logits
+from odistill.core.loss import distillation_loss, sampled_token_loss
+from odistill.core.rollouts import completion_mask_from_ids, rollouts_from_text
+from odistill.core.sampler import sample
+from odistill.core.teacher import TeacherScorer, check_vocab_compatible
 
 PROMPTS = ["12+3=", "4+56=", "789+1=", "0+0="]
 
@@ -253,7 +254,7 @@ def test_topk_loss_renormalises_over_the_teacher_support():
     s, t = torch.randn(2, 3, 10, generator=g), torch.randn(2, 3, 10, generator=g)
     m = torch.ones(2, 3, dtype=torch.bool)
     values, ids = torch.log_softmax(t, -1).topk(4, -1)
-    from odistill.teacher import TeacherScores
+    from odistill.core.teacher import TeacherScores
 
     scores = TeacherScores("topk", torch.zeros(2, 3), topk_logprobs=values, topk_ids=ids)
     got = distillation_loss(s, scores, m, divergence="reverse_kl")
@@ -269,7 +270,7 @@ def test_topk_loss_renormalises_over_the_teacher_support():
 
 
 def test_sampled_scores_cannot_feed_the_full_estimator():
-    from odistill.teacher import TeacherScores
+    from odistill.core.teacher import TeacherScores
 
     with pytest.raises(ValueError, match="sampled_token_loss"):
         distillation_loss(torch.randn(1, 2, 3), TeacherScores("sampled", torch.zeros(1, 2)), torch.ones(1, 2, dtype=torch.bool))

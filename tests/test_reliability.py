@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from odistill import distillation_loss, sampled_token_loss
-from odistill.teacher import TeacherScores
+from odistill.core.teacher import TeacherScores
 
 
 @st.composite

@@ -7,7 +7,7 @@ import torch
 from conftest import make_tiny_llama
 
 from odistill import DistillConfig, distill
-from odistill.trainer import latest_checkpoint
+from odistill.train.trainer import latest_checkpoint
 
 DATA = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(20) for b in range(20)]
 

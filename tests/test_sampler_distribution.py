@@ -17,8 +17,8 @@ import torch
 from conftest import make_tiny_llama
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from odistill.rollouts import completion_logits
-from odistill.sampler import _InverseCDFSampler, sample
+from odistill.core.forward import completion_logits
+from odistill.core.sampler import InverseCDFSampler, sample
 
 
 def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
@@ -34,7 +34,7 @@ def _bound(df: int) -> float:
     return df + 6 * math.sqrt(2 * df)
 
 
-def _draw(processor: _InverseCDFSampler, logits: torch.Tensor, rows: int, seed: int) -> torch.Tensor:
+def _draw(processor: InverseCDFSampler, logits: torch.Tensor, rows: int, seed: int) -> torch.Tensor:
     torch.manual_seed(seed)
     processor(torch.zeros(rows, 1, dtype=torch.long), logits.expand(rows, -1).clone())
     return processor.tokens[-1]
@@ -46,7 +46,7 @@ LOGITS = torch.tensor([2.0, 0.5, -1.0, float("-inf"), 0.0, 3.0, -4.0, 1.0, float
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
 def test_inverse_cdf_frequencies_match_the_softmax(temperature):
     rows = 200_000
-    tokens = _draw(_InverseCDFSampler(temperature, 0, 1.0), LOGITS, rows, seed=0)
+    tokens = _draw(InverseCDFSampler(temperature, 0, 1.0), LOGITS, rows, seed=0)
     counts = torch.bincount(tokens, minlength=len(LOGITS))
     probs = torch.softmax(LOGITS.double() / temperature, -1)
     assert counts[probs == 0].sum() == 0, "a token of probability 0 was drawn"
@@ -59,7 +59,7 @@ def test_inverse_cdf_frequencies_match_the_softmax(temperature):
 
 
 def test_recorded_logprobs_are_the_log_softmax_of_the_drawn_tokens():
-    processor = _InverseCDFSampler(0.7, 0, 1.0)
+    processor = InverseCDFSampler(0.7, 0, 1.0)
     torch.manual_seed(1)
     logits = torch.randn(64, 50) * 3
     out = processor(torch.zeros(64, 1, dtype=torch.long), logits.clone())
@@ -72,7 +72,7 @@ def test_recorded_logprobs_are_the_log_softmax_of_the_drawn_tokens():
 
 
 def test_reused_output_buffer_keeps_exactly_one_finite_entry_per_row():
-    processor = _InverseCDFSampler(1.0, 0, 1.0)
+    processor = InverseCDFSampler(1.0, 0, 1.0)
     torch.manual_seed(2)
     for _ in range(5):
         out = processor(torch.zeros(8, 1, dtype=torch.long), torch.randn(8, 30))
@@ -83,7 +83,7 @@ def test_reused_output_buffer_keeps_exactly_one_finite_entry_per_row():
 @pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (0, 0.8), (4, 0.9)])
 def test_top_k_and_top_p_frequencies_match_the_truncated_softmax(top_k, top_p):
     rows = 200_000
-    tokens = _draw(_InverseCDFSampler(1.0, top_k, top_p), LOGITS, rows, seed=3)
+    tokens = _draw(InverseCDFSampler(1.0, top_k, top_p), LOGITS, rows, seed=3)
     counts = torch.bincount(tokens, minlength=len(LOGITS))
     # independent reference: the transformers warpers applied to the logits, then a float64 softmax
     warped = LOGITS[None].clone()
@@ -131,12 +131,12 @@ def _sparse_probs(vocab: int, positions: list[int], seed: int) -> torch.Tensor:
     (5000, [1, 2, 4990, 4999], 0.2),
 ])
 def test_two_level_draw_frequencies_across_block_boundaries(vocab, positions, scale):
-    from odistill.sampler import _inverse_cdf_draw
+    from odistill.core.sampler import inverse_cdf_draw
 
     probs = _sparse_probs(vocab, positions, seed=vocab) * scale
     rows = 120_000
     torch.manual_seed(11)
-    tokens = _inverse_cdf_draw(probs.expand(rows, -1).contiguous()).squeeze(1)
+    tokens = inverse_cdf_draw(probs.expand(rows, -1).contiguous()).squeeze(1)
     counts = torch.bincount(tokens, minlength=vocab)
     want = probs.double() / probs.double().sum()
     assert counts[want == 0].sum() == 0, f"drew tokens of probability 0: {torch.nonzero(counts * (want == 0))[:5]}"
@@ -145,7 +145,7 @@ def test_two_level_draw_frequencies_across_block_boundaries(vocab, positions, sc
 
 
 def test_two_level_draw_handles_a_point_mass_and_tiny_probabilities():
-    from odistill.sampler import _inverse_cdf_draw
+    from odistill.core.sampler import inverse_cdf_draw
 
     vocab = 1000
     probs = torch.zeros(4, vocab)
@@ -155,5 +155,5 @@ def test_two_level_draw_handles_a_point_mass_and_tiny_probabilities():
     probs[3, 0], probs[3, 500] = 1e-40, 1.0  # a denormal next to the mass
     torch.manual_seed(0)
     for _ in range(200):
-        token = _inverse_cdf_draw(probs).squeeze(1)
+        token = inverse_cdf_draw(probs).squeeze(1)
         assert token[0] == 999 and token[1] == 256 and 0 <= token[2] < vocab and token[3] in (0, 500)

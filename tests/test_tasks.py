@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from odistill.tasks import Addition, Permutations, Sorting, Task, get_task, list_tasks, split_of
+from odistill.bench.tasks import Addition, Permutations, Sorting, Task, get_task, list_tasks, split_of
 
 TASK_NAMES = ["addition", "permutations", "sorting"]
 

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from odistill.tasks import build_char_tokenizer, get_task
-from odistill.tokenizer import SPECIAL_TOKENS
+from odistill.bench.tasks import build_char_tokenizer, get_task
+from odistill.bench.tokenizer import SPECIAL_TOKENS
 
 SYMBOLS = "0123456789+="
 

@@ -62,7 +62,7 @@ def test_lambda_is_the_probability_of_an_on_policy_batch(char_tokenizer):
 
 def test_dataset_completions_are_used_verbatim_off_policy(char_tokenizer, monkeypatch):
     seen = []
-    import odistill.trainer as trainer_module
+    import odistill.train.steps as trainer_module
 
     original = trainer_module.rollouts_from_text
 
@@ -226,7 +226,7 @@ def test_prompt_longer_than_context(char_tokenizer):
         (dict(loss_temperature=-1.0), "loss_temperature must be a finite number > 0"),
         (dict(steps=0), "steps must be an integer >= 1"),
         (dict(batch_size=2.5), "batch_size must be an integer"),
-        (dict(estimator="magic"), "estimator must be 'full' or 'sampled'"),
+        (dict(estimator="magic"), r"estimator must be one of \['full', 'sampled'\]"),
         (dict(estimator="sampled", lmbda=0.5), "estimator='sampled' needs"),
         (dict(save_every=5), "save_every > 0 needs an output_dir"),
         (dict(teacher_top_k=0), "teacher_top_k must be an integer >= 1"),

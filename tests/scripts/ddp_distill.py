@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from conftest import make_tiny_llama  # noqa: E402
 
 from odistill import DistillConfig, distill  # noqa: E402
-from odistill.tokenizer import build_char_tokenizer  # noqa: E402
+from odistill.bench.tokenizer import build_char_tokenizer  # noqa: E402
 
 out_dir = sys.argv[1]
 fused = len(sys.argv) > 2 and sys.argv[2] == "fused"  # the fused LM-head loss (hidden states through DDP)
@@ -21,7 +21,7 @@ student = make_tiny_llama(len(tok), seed=0)
 teacher = make_tiny_llama(len(tok), seed=1, hidden=48)
 data = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(20) for b in range(20)]
 seen = []
-import odistill.trainer as trainer_module  # noqa: E402
+import odistill.train.steps as trainer_module  # noqa: E402
 
 original = trainer_module.sample
 

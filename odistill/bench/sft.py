@@ -12,12 +12,20 @@ The prompt (and ``<bos>``) carry no loss, and neither does padding.
 from __future__ import annotations
 
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-__all__ = ["tokenize_for_sft", "train_sft"]
+from ..train.runtime import cpu_threads
+from ..train.schedules import SCHEDULES, make_scheduler
+from .evaluation import evaluate
+from .models import build_model, count_parameters, load_model, save_checkpoint
+from .tasks import get_task
+from .tokenizer import build_char_tokenizer
+
+__all__ = ["tokenize_for_sft", "train_sft", "train_checkpoint"]
 
 IGNORE_INDEX = -100  # the label value cross-entropy ignores
 
@@ -38,7 +46,7 @@ def tokenize_for_sft(tokenizer, prompts, answers, loss_starts=None):
         dict with ``input_ids`` (B, T), ``attention_mask`` (B, T) and ``labels`` (B, T).
 
     Example:
-        >>> from odistill.tokenizer import build_char_tokenizer
+        >>> from odistill.bench.tokenizer import build_char_tokenizer
         >>> batch = tokenize_for_sft(build_char_tokenizer("0123456789+="), ["1+2="], ["3"])
         >>> batch["labels"].tolist()  # <bos> 1 + 2 = 3 <eos>: loss only on "3" and <eos>
         [[-100, -100, -100, -100, -100, 8, 2]]
@@ -91,8 +99,8 @@ def train_sft(
 ) -> dict:
     """Train ``model`` in place on ``dataset`` (columns ``prompt``, ``answer``, optional ``loss_start``).
 
-    AdamW with a linear warm-up then cosine decay to 0 (or a constant rate), gradient clipping, one batch of ``batch_size``
-    rows per step. Batches walk through a seeded shuffle of the dataset and reshuffle when they run out
+    AdamW with a linear warm-up then a schedule of :mod:`odistill.train.schedules` (cosine decay to 0
+    by default), gradient clipping, one batch of ``batch_size`` rows per step. Batches walk through a seeded shuffle of the dataset and reshuffle when they run out
     (pass ``steps * batch_size`` rows to see each row once).
 
     Args:
@@ -104,7 +112,8 @@ def train_sft(
         batch_size: rows per step.
         seed: seeds the batch order (the model's initialisation is seeded where it is built).
         warmup_fraction: fraction of the steps spent warming the learning rate up from 0.
-        schedule: ``"cosine"`` (decay to 0 at ``steps``) or ``"constant"`` (stay at ``lr`` after warm-up).
+        schedule: a name of :data:`odistill.train.schedules.SCHEDULES`: ``"cosine"`` (decay to 0 at
+            ``steps``), ``"constant"`` (stay at ``lr`` after warm-up) or ``"linear"``.
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient-norm clipping.
         eval_fn: optional ``eval_fn(model) -> float`` called every ``eval_every`` steps (and at the end).
@@ -115,7 +124,7 @@ def train_sft(
         dict with ``loss`` (list, one per step), ``evals`` (list of ``(step, value)``), ``seconds``.
 
     Example:
-        >>> from odistill.tasks import get_task, build_char_tokenizer  # doctest: +SKIP
+        >>> from odistill.bench.tasks import get_task, build_char_tokenizer  # doctest: +SKIP
         >>> task = get_task("addition"); tok = build_char_tokenizer(task.symbols)  # doctest: +SKIP
         >>> model = build_model("small", tokenizer=tok)  # doctest: +SKIP
         >>> history = train_sft(model, tok, task.make_dataset(64 * 100), steps=100)  # doctest: +SKIP
@@ -132,13 +141,9 @@ def train_sft(
 
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    warmup = math.ceil(warmup_fraction * steps)
-    if schedule == "cosine":
-        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
-    elif schedule == "constant":
-        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
-    else:
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    scheduler = make_scheduler(optimizer, schedule, steps, math.ceil(warmup_fraction * steps))
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(prompts), generator=generator).tolist()
     cursor = 0
@@ -174,3 +179,52 @@ def train_sft(
     model.eval()
     history["seconds"] = time.perf_counter() - start
     return history
+
+
+def train_checkpoint(task_name: str, out_dir: str | Path, *, student: bool = False, seed=None, steps=None, size=None,
+                     lr=None, eval_n: int = 500, threads=None, progress: bool = True) -> dict:
+    """Train a task's teacher (or warm-started student) from scratch with its recipe and save it.
+
+    The recipe (model size, steps, learning rate, batch size, seed) is ``task.teacher_recipe`` or
+    ``task.student_recipe``; any argument given here overrides it. The checkpoint is saved in bf16 with
+    its tokenizer and an ``odistill.json`` that records the task, the recipe, the training time and the
+    held-out scores. Returns that metadata.
+    """
+    task = get_task(task_name)
+    role = "student" if student else "teacher"
+    recipe = task.student_recipe if student else task.teacher_recipe
+    size = size or recipe.size
+    steps = steps or recipe.steps
+    lr = lr or recipe.lr
+    seed = recipe.seed if seed is None else seed
+
+    tokenizer = build_char_tokenizer(task.symbols)
+    model = build_model(size, tokenizer=tokenizer, seed=seed)
+    data = task.make_sft_dataset(steps * recipe.batch_size, seed=seed, role=role)
+    print(f"[train] {task.name} {role}: size {size} ({count_parameters(model):,} parameters), "
+          f"{steps} steps × batch {recipe.batch_size}, lr {lr}, seed {seed}", file=sys.stderr)
+    with cpu_threads(threads):
+        history = train_sft(model, tokenizer, data, steps=steps, lr=lr, batch_size=recipe.batch_size,
+                            seed=seed, schedule=recipe.schedule, progress=progress)
+    out = save_checkpoint(model, tokenizer, out_dir, dtype=torch.bfloat16)  # score what was saved:
+    saved, saved_tokenizer = load_model(out)
+    scores = evaluate(saved, saved_tokenizer, task, n=eval_n, seed=0, progress=progress)
+    metadata = {
+        "task": task.name,
+        "task_config": task.config(),
+        "role": role,
+        "size": size,
+        "parameters": count_parameters(model),
+        "steps": steps,
+        "lr": lr,
+        "batch_size": recipe.batch_size,
+        "schedule": recipe.schedule,
+        "seed": seed,
+        "train_seconds": round(history["seconds"], 1),
+        "final_loss": round(sum(history["loss"][-20:]) / len(history["loss"][-20:]), 5),
+        "eval": {k: v for k, v in scores.items() if k not in ("examples", "seconds")},
+        "command": f"odistill train-teacher --task {task.name} --out DIR --seed {seed} --steps {steps}"
+        + f" --size {size} --lr {lr}" + (" --student" if student else ""),
+    }
+    save_checkpoint(saved, saved_tokenizer, out, dtype=torch.bfloat16, metadata=metadata)
+    return metadata

@@ -6,7 +6,7 @@ probability q(x_t) with which each token was drawn is kept for the importance-sa
 The default backend is Hugging Face ``generate`` (KV cache on, left padding, any causal LM). A second
 backend (e.g. vLLM on a GPU) only has to implement :class:`SamplerBackend` — turn prompt token ids
 into completion token ids plus their sampling log-probs — and be registered in :data:`BACKENDS`; the
-rest of odistill sees the same :class:`~odistill.rollouts.Rollouts` either way.
+rest of odistill sees the same :class:`~odistill.core.rollouts.Rollouts` either way.
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ from typing import Protocol
 import torch
 from transformers import GenerationConfig
 
+from .forward import unwrap_model
 from .rollouts import (
     Rollouts,
-    _left_pad,
     check_context_length,
     completion_mask_from_ids,
+    left_pad,
     render_prompts,
     resolve_special_ids,
 )
 
-__all__ = ["sample", "SamplerBackend", "HFGenerateBackend", "BACKENDS"]
+__all__ = ["sample", "SamplerBackend", "HFGenerateBackend", "BACKENDS", "InverseCDFSampler", "inverse_cdf_draw"]
 
 
 class SamplerBackend(Protocol):
@@ -45,7 +46,7 @@ class SamplerBackend(Protocol):
 _BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF draw
 
 
-def _inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
+def inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
     """One token per row of ``probs`` (B, V) (non-negative, any positive total), by inverse-CDF sampling.
 
     Two levels, so that nothing sequential runs over the whole vocabulary: the float64 masses of blocks
@@ -72,14 +73,14 @@ def _inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
     return block * _BLOCK + within
 
 
-class _InverseCDFSampler:
+class InverseCDFSampler:
     """A logits processor that draws the next token itself and records its log-probability.
 
     ``generate`` then runs greedy (``do_sample=False``): this processor returns ``-inf`` everywhere
     except at the token it drew, so the argmax is that token. Why not ``torch.multinomial``? On CPU it
     draws one exponential variate per vocabulary entry (the "exponential race"), which dominates a
     sampling step at a 32k–150k vocabulary; inverse-CDF sampling needs one uniform per row
-    (:func:`_inverse_cdf_draw`: cumulative sums in float64, binary searches). Both draw exactly from
+    (:func:`inverse_cdf_draw`: cumulative sums in float64, binary searches). Both draw exactly from
     the same distribution, and a token of probability 0 is never drawn. Top-k and top-p use the
     transformers warpers, so their semantics (ties, ``min_tokens_to_keep``) are the library's.
     """
@@ -101,7 +102,7 @@ class _InverseCDFSampler:
         for warper in self.warpers:
             scores = warper(input_ids, scores)
         probs = torch.softmax(scores, dim=-1)  # (B, V)
-        token = _inverse_cdf_draw(probs)  # (B, 1)
+        token = inverse_cdf_draw(probs)  # (B, 1)
         self.tokens.append(token.squeeze(1))
         self.logprobs.append(probs.gather(1, token).log_().squeeze(1))
         # the processed scores: -inf except the drawn token (one buffer, reset where the last token was)
@@ -118,7 +119,7 @@ class HFGenerateBackend:
 
     The model's own ``generation_config`` (which for hub checkpoints often sets top-k, top-p or a
     repetition penalty) is ignored: the distribution sampled from is exactly the one asked for. The
-    token draw itself is :class:`_InverseCDFSampler` (one uniform per row instead of one exponential
+    token draw itself is :class:`InverseCDFSampler` (one uniform per row instead of one exponential
     per vocabulary entry), which also records log q(x_t) as it goes, so no ``(B, T, V)`` stack of
     scores is ever kept.
     """
@@ -130,7 +131,7 @@ class HFGenerateBackend:
         greedy = temperature == 0.0
         params = GenerationConfig._get_default_generation_params()
         params.update(
-            do_sample=False,  # greedy decoding, or greedy over the one token _InverseCDFSampler leaves
+            do_sample=False,  # greedy decoding, or greedy over the one token InverseCDFSampler leaves
             temperature=None,  # unset: no warper of generate's own (the sampler applies them)
             top_k=None,
             top_p=None,
@@ -142,7 +143,7 @@ class HFGenerateBackend:
             return_dict_in_generate=True,
         )
         config = GenerationConfig(**params)
-        sampler = None if greedy else _InverseCDFSampler(temperature, top_k, top_p)
+        sampler = None if greedy else InverseCDFSampler(temperature, top_k, top_p)
         saved = model.generation_config
         model.generation_config = GenerationConfig()  # no checkpoint defaults leak into the sampler
         try:
@@ -165,11 +166,6 @@ class HFGenerateBackend:
 BACKENDS: dict[str, SamplerBackend] = {"hf": HFGenerateBackend()}
 
 
-def _unwrap(model):
-    """The underlying model of a DistributedDataParallel / accelerate wrapper."""
-    return getattr(model, "module", model)
-
-
 def sample(
     model,
     tokenizer,
@@ -183,6 +179,7 @@ def sample(
     seed: int | None = None,
     backend: str = "hf",
     source: str = "student",
+    keep_special_tokens: bool = False,
 ) -> Rollouts:
     """Sample ``n`` completions per prompt from ``model`` and return them as :class:`Rollouts`.
 
@@ -199,6 +196,9 @@ def sample(
         seed: makes the samples reproducible (the global RNG state is left untouched).
         backend: a key of :data:`BACKENDS`.
         source: recorded in ``Rollouts.source`` (``"student"`` or ``"teacher"``).
+        keep_special_tokens: keep the special tokens a completion writes before its EOS (``<bos>``,
+            ``<unk>``, ``<pad>``) in ``Rollouts.texts``, so a verifier sees a malformed completion as
+            malformed; by default they are removed. The EOS that ends a completion is never in the text.
 
     Returns:
         Rollouts with ``completion_mask`` (tokens up to and including the first EOS) and
@@ -223,12 +223,12 @@ def sample(
     if backend not in BACKENDS:
         raise ValueError(f"unknown sampling backend {backend!r}; available: {sorted(BACKENDS)}")
 
-    model = _unwrap(model)
+    model = unwrap_model(model)
     pad_id, eos_ids = resolve_special_ids(tokenizer)
     prompt_texts, prompt_ids = render_prompts(tokenizer, prompts)
     prompt_ids = [ids for ids in prompt_ids for _ in range(n)]  # prompt-major repetition
     prompt_texts = [text for text in prompt_texts for _ in range(n)]
-    ids, attn = _left_pad(prompt_ids, pad_id)  # (B·n, P)
+    ids, attn = left_pad(prompt_ids, pad_id)  # (B·n, P)
     check_context_length(model, ids.shape[1], max_new_tokens)
     device = next(model.parameters()).device
     ids, attn = ids.to(device), attn.to(device)
@@ -249,7 +249,7 @@ def sample(
 
     mask = completion_mask_from_ids(completion, eos_ids)  # (B·n, T)
     completion = completion.masked_fill(~mask, pad_id)
-    texts = tokenizer.batch_decode(completion.masked_fill(~mask, pad_id), skip_special_tokens=True)
+    texts = _decode(tokenizer, completion, mask, eos_ids, keep_special_tokens)
     return Rollouts(
         input_ids=torch.cat([ids, completion], dim=1),
         attention_mask=torch.cat([attn, mask.long()], dim=1),
@@ -262,3 +262,15 @@ def sample(
         texts=texts,
         source=source,
     )
+
+
+def _decode(tokenizer, completion: torch.Tensor, mask: torch.Tensor, eos_ids, keep_special_tokens: bool) -> list[str]:
+    """The completion texts: every special token removed, or only the EOS that ends each completion."""
+    if not keep_special_tokens:
+        return tokenizer.batch_decode(completion, skip_special_tokens=True)
+    ends = set(eos_ids)
+    rows = []
+    for ids, keep in zip(completion.tolist(), mask.tolist(), strict=True):
+        counted = [t for t, k in zip(ids, keep, strict=True) if k]
+        rows.append(counted[:-1] if counted and counted[-1] in ends else counted)
+    return tokenizer.batch_decode(rows, skip_special_tokens=False)

@@ -11,8 +11,8 @@ Everything per completion token has shape ``(B, T)``: ``completion_mask`` is Tru
 tokens up to and including the first EOS (never on the prompt or padding) and ``sampling_logprobs``
 holds log q(x_t), the probability with which the sampler drew each token (for importance sampling).
 
-:func:`completion_logits` runs any causal LM on a rollout batch and returns the ``(B, T, V)`` logits
-that predict the completion tokens, with the same position ids that generation used.
+:func:`odistill.core.forward.completion_logits` runs any causal LM on a rollout batch and returns the
+``(B, T, V)`` logits that predict the completion tokens, with the same position ids that generation used.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["Rollouts", "completion_logits", "completion_hidden", "lm_head_of", "rollouts_from_text", "resolve_special_ids",
-           "position_ids_from_mask"]
+__all__ = ["Rollouts", "rollouts_from_text", "resolve_special_ids", "render_prompts", "completion_mask_from_ids",
+           "check_context_length", "left_pad", "right_pad"]
 
 
 @dataclass
@@ -82,6 +82,22 @@ class Rollouts:
     def __len__(self) -> int:
         return self.batch_size
 
+    def rows(self, start: int, stop: int) -> Rollouts:
+        """Rows ``start:stop`` of the batch (views of the tensors; the texts are left out)."""
+        if start == 0 and stop >= len(self):
+            return self
+        take = lambda t: None if t is None else t[start:stop]
+        return Rollouts(
+            input_ids=self.input_ids[start:stop],
+            attention_mask=self.attention_mask[start:stop],
+            completion_mask=self.completion_mask[start:stop],
+            prompt_width=self.prompt_width,
+            sampling_logprobs=take(self.sampling_logprobs),
+            prompt_lengths=take(self.prompt_lengths),
+            prompt_index=take(self.prompt_index),
+            source=self.source,
+        )
+
 
 def resolve_special_ids(tokenizer) -> tuple[int, list[int]]:
     """Return ``(pad_id, eos_ids)`` of a tokenizer; without a pad token, EOS pads (with a warning).
@@ -110,11 +126,6 @@ def resolve_special_ids(tokenizer) -> tuple[int, list[int]]:
     return int(pad), eos_ids
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding, as Hugging Face ``generate`` computes them. (B, L) -> (B, L)"""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
 def completion_mask_from_ids(completion_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
     """True on completion tokens up to and including the first EOS. (B, T) -> (B, T) bool
 
@@ -125,7 +136,8 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_ids: Sequence[int
     return (is_eos.cumsum(-1) - is_eos) == 0
 
 
-def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id lists to one width: ``(ids (B, W), attention_mask (B, W))``."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -136,7 +148,8 @@ def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids, attn
 
 
-def _right_pad(sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+def right_pad(sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Right-pad token-id lists to one width (at least 1): ``(B, W)``."""
     width = max(1, max(len(s) for s in sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     for row, s in enumerate(sequences):
@@ -210,8 +223,8 @@ def rollouts_from_text(tokenizer, prompts, completions: Sequence[str], *, add_eo
         list(tokenizer(c, add_special_tokens=False)["input_ids"]) + ([eos_ids[0]] if add_eos else [])
         for c in completions
     ]
-    left, left_attn = _left_pad(prompt_ids, pad_id)
-    right = _right_pad(completion_ids, pad_id)
+    left, left_attn = left_pad(prompt_ids, pad_id)
+    right = right_pad(completion_ids, pad_id)
     lengths = torch.tensor([len(c) for c in completion_ids])
     mask = torch.arange(right.shape[1])[None, :] < lengths[:, None]  # (B, T)
     return Rollouts(
@@ -226,90 +239,3 @@ def rollouts_from_text(tokenizer, prompts, completions: Sequence[str], *, add_eo
         texts=list(completions),
         source=source,
     )
-
-
-def _forward_inputs(rollouts: Rollouts) -> tuple[dict, slice]:
-    """The model inputs of a rollout batch (position ids skip left padding) and the columns whose outputs
-    predict the T completion tokens: ``P − 1 … P + T − 2``."""
-    input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
-    total, width = input_ids.shape[1], input_ids.shape[1] - rollouts.prompt_width
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
-    return kwargs, slice(total - width - 1, total - 1)
-
-
-def completion_logits(model, rollouts: Rollouts, *, vocab_size: int | None = None) -> torch.Tensor:
-    """Logits that predict each completion token: ``(B, T, V)``, float as the model returns them.
-
-    Row ``t`` is the model's output at column ``P + t − 1`` (the token before completion token ``t``).
-    Only the completion part of the logits is computed when the model supports ``logits_to_keep``.
-    Position ids skip left padding exactly as in generation, so these logits are the ones the
-    sampler drew from.
-
-    Args:
-        model: any causal LM (``AutoModelForCausalLM``-like, possibly wrapped for distributed training).
-        rollouts: the batch, on the model's device.
-        vocab_size: keep only the first ``vocab_size`` logits (a model may pad its vocabulary).
-    """
-    kwargs, columns = _forward_inputs(rollouts)
-    # the hidden states are gathered before the LM head, so only T rows of logits are computed and they
-    # come out contiguous
-    keep = torch.arange(columns.start, columns.stop, device=rollouts.input_ids.device)
-    try:
-        logits = model(**kwargs, logits_to_keep=keep, use_cache=False).logits
-    except TypeError:  # a model without logits_to_keep: compute everything, then slice
-        logits = model(**kwargs, use_cache=False).logits[:, columns]
-    if logits.shape[1] != len(keep):  # a model that ignores a tensor logits_to_keep
-        logits = logits[:, columns]
-    if vocab_size is not None and logits.shape[-1] != vocab_size:
-        logits = logits[..., :vocab_size]
-    return logits
-
-
-#: Config attributes of models whose logits are not just ``hidden @ W.T + b`` (softcapping, scaling):
-#: the fused LM-head path would compute the wrong distribution for them.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
-
-
-def lm_head_of(model, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The LM head's ``(weight (V, H), bias (V,) or None)``, cut to ``vocab_size`` rows if given.
-
-    Raises:
-        ValueError: the model has no plain linear LM head, or its config transforms the logits
-            (softcapping or scaling), so ``hidden @ weight.T`` would not be its logits.
-    """
-    model = getattr(model, "module", model)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"{type(model).__name__} has no plain linear LM head (get_output_embeddings() returned "
-                         f"{type(head).__name__}); the fused LM-head loss needs one: set fused_lm_head=False")
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in _LOGIT_TRANSFORMS:
-        value = getattr(text_config, name, None)
-        if value not in (None, 0, 0.0, 1, 1.0, False):
-            raise ValueError(f"{type(model).__name__} transforms its logits ({name}={value!r}), so they are not "
-                             "hidden @ W.T: the fused LM-head loss would train on the wrong distribution; set "
-                             "fused_lm_head=False")
-    weight, bias = head.weight, head.bias
-    if vocab_size is not None and weight.shape[0] != vocab_size:
-        weight, bias = weight[:vocab_size], (None if bias is None else bias[:vocab_size])
-    return weight, bias
-
-
-def completion_hidden(model, rollouts: Rollouts) -> torch.Tensor:
-    """The last hidden states that predict each completion token: ``(B, T, H)``, no logits at all.
-
-    The same rows as :func:`completion_logits` (column ``P + t − 1`` for completion token ``t``), taken
-    *before* the LM head: ``lm_head(completion_hidden(m, r)) == completion_logits(m, r)``. The model is
-    asked for no logits (``logits_to_keep`` = an empty index), so the ``(B, T, V)`` tensor never exists;
-    this is the input of :func:`odistill.chunked.fused_linear_divergence`.
-    """
-    kwargs, columns = _forward_inputs(rollouts)
-    none = torch.zeros(0, dtype=torch.long, device=rollouts.input_ids.device)
-    try:
-        out = model(**kwargs, logits_to_keep=none, output_hidden_states=True, use_cache=False)
-    except TypeError as error:
-        raise ValueError(f"{type(getattr(model, 'module', model)).__name__}.forward does not accept logits_to_keep / "
-                         "output_hidden_states, which the fused LM-head loss needs; set fused_lm_head=False") from error
-    hidden = out.hidden_states[-1]  # (B, P + T, H): after the final norm, what the LM head reads
-    return hidden[:, columns]

@@ -9,13 +9,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from .config import DistillConfig
+from ..train.config import DistillConfig
+from ..train.runtime import cpu_threads
+from ..train.trainer import distill
 from .evaluation import evaluate
 from .models import load_model
 from .tasks import get_task
-from .trainer import distill
 
 __all__ = ["make_eval_fn", "run_distillation", "run_demo", "DEMO_METHODS", "format_table"]
 
@@ -54,7 +53,7 @@ def run_distillation(
         eval_n: held-out prompts per evaluation during training (``config.eval_every``).
         final_eval_n: held-out prompts for the before/after evaluation.
         samples_per_prompt: temperature-1 samples per prompt for ``sampled`` accuracy / validity.
-        threads: ``torch.set_num_threads`` for the run (default: leave as is).
+        threads: torch CPU threads for the run (default: :func:`odistill.train.runtime.cpu_threads`'s policy).
         resume_from: continue an interrupted run from its checkpoint (see :func:`~odistill.distill`).
 
     Returns:
@@ -62,10 +61,12 @@ def run_distillation(
         student_sampled_before, student_sampled_after, teacher_accuracy, teacher_sampled, steps, seconds,
         seconds_per_step, history`` (per-step rows).
     """
-    if threads:
-        torch.set_num_threads(threads)
-    task_obj = get_task(task)
-    config = config or DistillConfig()
+    with cpu_threads(threads):
+        return _run_distillation(get_task(task), config or DistillConfig(), student, teacher, eval_n, final_eval_n,
+                                 samples_per_prompt, resume_from)
+
+
+def _run_distillation(task_obj, config, student, teacher, eval_n, final_eval_n, samples_per_prompt, resume_from):
     if config.max_new_tokens == DistillConfig.max_new_tokens:
         config = replace(config, max_new_tokens=task_obj.max_new_tokens)
     student_model, tokenizer = load_model(student or f"{task_obj.name}-student")
@@ -77,7 +78,7 @@ def run_distillation(
 
     teacher_acc, teacher_sampled = measure(teacher_model)
     before_acc, before_sampled = measure(student_model)
-    eval_fn = make_eval_fn(task_obj, tokenizer, n=eval_n) if config.eval_every else None  # before/after measured below
+    eval_fn = make_eval_fn(task_obj, tokenizer, n=eval_n) if config.eval_every else None  # before/after: measure()
     result = distill(student_model, teacher_model, tokenizer, task_obj.make_dataset(4000, seed=config.seed), config,
                      eval_fn=eval_fn, resume_from=resume_from)
     after_acc, after_sampled = measure(result.student)
@@ -123,7 +124,7 @@ def format_table(rows: list[dict]) -> str:
 
 def run_demo(task: str = "addition", *, steps: int = 250, seed: int = 0, out_dir: str | Path = "odistill_demo",
              batch_size: int = 64, lr: float = 1e-3, lr_schedule: str = "cosine", eval_every: int = 25,
-             progress: bool = True) -> dict:
+             progress: bool = True, threads: int | None = None) -> dict:
     """Off-policy forward KL vs on-policy reverse KL at equal student steps: a table and a plot.
 
     Both runs start from the same shipped warm-started student and the same teacher, with the same
@@ -136,7 +137,7 @@ def run_demo(task: str = "addition", *, steps: int = 250, seed: int = 0, out_dir
     for name, kw in DEMO_METHODS.items():
         config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, eval_every=eval_every,
                                seed=seed, progress=progress, **kw)
-        run = run_distillation(task, config=config)
+        run = run_distillation(task, config=config, threads=threads)
         run["name"] = name
         rows.append(run)
     plot_path = out / "accuracy_vs_step.png"

@@ -20,30 +20,17 @@ from __future__ import annotations
 
 import torch
 
-from .divergences import (
-    MASKED_LOG_PROB,
-    NonFiniteLossError,
-    _check_mask,
-    _check_reduction,
-    _check_temperature,
-    forward_kl,
-    generalized_jsd,
-    reverse_kl,
-)
+from .divergences import get_divergence
 from .teacher import TeacherScores
+from .tensor_ops import MASKED_LOG_PROB, NonFiniteLossError, check_mask, check_reduction, check_temperature
 
-__all__ = ["distillation_loss", "sampled_token_loss", "DIVERGENCES"]
-
-#: Divergences accepted by :func:`distillation_loss`, with their β in generalized JSD terms.
-DIVERGENCES = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": None}
+__all__ = ["distillation_loss", "sampled_token_loss"]
 
 
-def _divergence(student_logits, teacher_logits, mask, divergence, beta, temperature, reduction):
-    if divergence == "forward_kl":
-        return forward_kl(student_logits, teacher_logits, mask, temperature=temperature, reduction=reduction)
-    if divergence == "reverse_kl":
-        return reverse_kl(student_logits, teacher_logits, mask, temperature=temperature, reduction=reduction)
-    return generalized_jsd(student_logits, teacher_logits, mask, beta=beta, temperature=temperature, reduction=reduction)
+def _divergence(student_logits, teacher_logits, mask, divergence, beta, alpha, temperature, reduction):
+    spec = get_divergence(divergence)
+    params = {} if spec.param is None else {spec.param: {"beta": beta, "alpha": alpha}[spec.param]}
+    return spec.function(student_logits, teacher_logits, mask, temperature=temperature, reduction=reduction, **params)
 
 
 def distillation_loss(
@@ -53,6 +40,7 @@ def distillation_loss(
     *,
     divergence: str = "reverse_kl",
     beta: float = 0.5,
+    alpha: float = 0.1,
     temperature: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -60,12 +48,15 @@ def distillation_loss(
 
     Args:
         student_logits: ``(B, T, V)`` student logits at completion positions (with gradients).
-        teacher_scores: :class:`~odistill.teacher.TeacherScores` in ``"full"`` or ``"topk"`` mode, or
+        teacher_scores: :class:`~odistill.core.teacher.TeacherScores` in ``"full"`` or ``"topk"`` mode, or
             a ``(B, T, V)`` tensor of teacher logits / log-probs.
         completion_mask: ``(B, T)`` bool, True on the completion tokens that count.
-        divergence: ``"forward_kl"`` (KL(p_T‖p_S), β = 0), ``"reverse_kl"`` (KL(p_S‖p_T), β = 1) or
-            ``"jsd"`` (generalized JSD(β), β = 0 forward KL … β = 1 reverse KL).
+        divergence: a name of :data:`~odistill.core.divergences.DIVERGENCES`: ``"forward_kl"``
+            (KL(p_T‖p_S), β = 0), ``"reverse_kl"`` (KL(p_S‖p_T), β = 1), ``"jsd"`` (generalized JSD(β),
+            β = 0 forward KL … β = 1 reverse KL), ``"skew_forward_kl"``, ``"skew_reverse_kl"`` (α) or
+            ``"total_variation"``.
         beta: the JSD interpolation weight (used only by ``"jsd"``).
+        alpha: the skew of the skew KLs (used only by them).
         temperature: the **loss** temperature, dividing both logits (independent of the sampling
             temperature).
         reduction: ``"mean"`` over counted tokens, ``"sum"``, or ``"none"`` → ``(B, T)``.
@@ -74,24 +65,22 @@ def distillation_loss(
     position — the student's logits are gathered at the teacher's top-k ids and both are
     log-softmaxed over those k entries. The result is the divergence between the two distributions
     *conditioned on that set*: it ignores how much mass the student puts outside the set, so it is not
-    the full-vocabulary divergence (notebook 02 measures the gap: a forward KL of 0.55 at k = 4 where
-    the full value is 0.96). It tends to the full divergence as k grows to cover the mass of both
+    the full-vocabulary divergence (notebook 02 measures the gap). It tends to the full divergence as k grows to cover the mass of both
     models, and equals it at k = V. Use it to save teacher memory with a k that covers most of the mass.
     Where the student gives a top-k token probability 0 (a ``-inf`` logit), its logit there counts as
-    :data:`~odistill.divergences.MASKED_LOG_PROB`, so the value stays finite.
+    :data:`~odistill.core.tensor_ops.MASKED_LOG_PROB`, so the value stays finite.
 
     Example:
         >>> s, t = torch.zeros(1, 2, 3), torch.tensor([[[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]])
         >>> round(distillation_loss(s, t, torch.tensor([[True, False]])).item(), 4)  # reverse KL at t=0: log(1/3) − mean(log softmax([0, 1, 2]))
         0.309
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {sorted(DIVERGENCES)}, got {divergence!r}")
+    get_divergence(divergence)  # a clear error for an unknown name, before any work
+    common = (divergence, beta, alpha, temperature, reduction)
     if isinstance(teacher_scores, torch.Tensor):
-        return _divergence(student_logits, teacher_scores, completion_mask, divergence, beta, temperature, reduction)
+        return _divergence(student_logits, teacher_scores, completion_mask, *common)
     if teacher_scores.mode == "full":
-        return _divergence(student_logits, teacher_scores.logprobs, completion_mask, divergence, beta, temperature,
-                           reduction)
+        return _divergence(student_logits, teacher_scores.logprobs, completion_mask, *common)
     if teacher_scores.mode == "topk":
         ids = teacher_scores.topk_ids.to(student_logits.device)
         if ids.shape[:-1] != student_logits.shape[:-1]:
@@ -103,12 +92,11 @@ def distillation_loss(
         # floor keeps the row defined (uniform there) instead of NaN
         floor = torch.full_like(student_on_support, MASKED_LOG_PROB)
         student_on_support = torch.where(torch.isneginf(student_on_support), floor, student_on_support)
-        return _divergence(student_on_support, teacher_scores.topk_logprobs, completion_mask, divergence, beta,
-                           temperature, reduction)
+        return _divergence(student_on_support, teacher_scores.topk_logprobs, completion_mask, *common)
     if teacher_scores.mode == "hidden":
         raise ValueError(
             "teacher scores in 'hidden' mode hold the teacher's hidden states, not its logits: compute the loss from "
-            "both models' hidden states with odistill.chunked.fused_linear_divergence (what "
+            "both models' hidden states with odistill.core.fused.fused_linear_divergence (what "
             "DistillConfig(fused_lm_head=True) does), or score with mode='full' or 'topk'"
         )
     raise ValueError(
@@ -151,16 +139,16 @@ def sampled_token_loss(
         >>> round(loss.item(), 4)  # mean of (−0.5 + 0.2) and (−1 + 3) = (−0.3 + 2.0) / 2
         0.85
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     shapes = {tuple(t.shape) for t in (student_logprobs, teacher_logprobs, sampling_logprobs)}
     if len(shapes) != 1:
         raise ValueError(
             "student_logprobs, teacher_logprobs and sampling_logprobs must share one (B, T) shape, got "
             f"{tuple(student_logprobs.shape)}, {tuple(teacher_logprobs.shape)}, {tuple(sampling_logprobs.shape)}"
         )
-    mask = _check_mask(completion_mask, student_logprobs.shape, "student_logprobs").to(student_logprobs.device)
+    mask = check_mask(completion_mask, student_logprobs.shape, "student_logprobs").to(student_logprobs.device)
     if max_ratio is not None:
-        _check_temperature(max_ratio)  # a finite positive number
+        check_temperature(max_ratio, "max_ratio")  # a finite positive number
     dtype = torch.float64 if student_logprobs.dtype == torch.float64 else torch.float32
     logp = student_logprobs[mask].to(dtype).clamp_min(MASKED_LOG_PROB)  # (N,)
     logp_teacher = teacher_logprobs.to(student_logprobs.device)[mask].to(dtype).clamp_min(MASKED_LOG_PROB)

@@ -1,7 +1,7 @@
 """Plots and widget explorers used by the notebooks.
 
-Nothing in the core (``divergences``, ``sampler``, ``teacher``, ``loss``) imports this module.
-matplotlib and ipywidgets are imported inside the functions, so ``import odistill.viz`` is cheap and
+Nothing in the core (:mod:`odistill.core`) imports this module.
+matplotlib and ipywidgets are imported inside the functions, so ``import odistill.classroom.viz`` is cheap and
 works on a machine without a display; the plotting libraries are only needed when a plot is drawn.
 
 Every function accepts torch tensors or NumPy arrays (CPU or GPU tensors; they are detached and

@@ -1,4 +1,4 @@
-"""Evaluate a model on a task: batched generation with a KV cache, then the task's verifier.
+"""Evaluate a model on a task: completions from the training sampler, then the task's verifier.
 
 Two numbers matter in distillation experiments::
 
@@ -7,7 +7,9 @@ Two numbers matter in distillation experiments::
     distinct_valid    mean number of *different* valid answers among a prompt's samples (diversity)
 
 A mode-seeking student has high ``sampled_validity`` and low ``distinct_valid``; a mode-covering one the
-opposite. ``generate_completions`` is the generic helper underneath: prompts in, completion strings out.
+opposite. Completions come from :func:`odistill.core.sampler.sample`, the sampler that writes the
+training rollouts, so what is measured is what is trained on. ``generate_completions`` is the generic
+helper underneath: prompts in, completion strings out.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ import time
 
 import torch
 
+from ..core.sampler import sample
+from .tasks import get_task
+
 __all__ = ["generate_completions", "evaluate"]
-
-
-def _cut_at_eos(token_ids: list[int], eos_token_id: int) -> list[int]:
-    return token_ids[: token_ids.index(eos_token_id)] if eos_token_id in token_ids else token_ids
 
 
 def generate_completions(
@@ -37,22 +38,22 @@ def generate_completions(
 ) -> list[list[str]]:
     """Complete every prompt ``num_samples`` times; returns one list of ``num_samples`` strings per prompt.
 
-    Greedy when ``temperature == 0``, otherwise ancestral sampling from the full distribution at that
-    temperature (no top-k, no top-p). Prompts are left-padded into batches and ``model.generate`` runs with
-    the KV cache. A completion is the decoded text up to (not including) the first EOS; special tokens the
-    model writes before EOS (``<bos>``, ``<unk>``, ``<pad>``) stay in the text, so a verifier sees them as
-    malformed rather than having them silently removed. Sampling is seeded and does not disturb the
-    global torch random state.
+    Greedy when ``temperature == 0``, otherwise sampling from the full distribution at that temperature
+    (no top-k, no top-p), with :func:`odistill.core.sampler.sample` — the sampler of the training
+    rollouts. A completion is the decoded text up to (not including) the first EOS; special tokens the
+    model writes before EOS (``<bos>``, ``<unk>``, ``<pad>``) stay in the text, so a verifier sees them
+    as malformed rather than having them silently removed. Sampling is seeded (one random stream over
+    all batches) and does not disturb the global torch random state.
 
     Args:
         model: a causal LM.
-        tokenizer: its tokenizer, with a pad token; padding side is forced to left during the call.
+        tokenizer: its tokenizer (an EOS token is required).
         prompts: list of N prompt strings.
         max_new_tokens: longest completion, EOS included (``task.max_new_tokens``).
         temperature: 0 for greedy, > 0 to sample.
         num_samples: completions per prompt (1 for greedy: all would be identical).
         seed: seeds the sampling.
-        batch_size: sequences per ``generate`` call (a prompt's samples count separately).
+        batch_size: sequences per sampler call (a prompt's samples count separately).
         progress: show a tqdm bar over batches.
 
     Example:
@@ -66,30 +67,17 @@ def generate_completions(
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if num_samples > 1 and temperature == 0:
         raise ValueError("num_samples > 1 needs temperature > 0: greedy completions would all be identical")
+    if not prompts:
+        return []
     device = next(model.parameters()).device
-    flat = [p for p in prompts for _ in range(num_samples)]  # each prompt repeated num_samples times
+    per_call = max(1, batch_size // num_samples)  # prompts per sampler call
     texts: list[str] = []
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    sampling = {"do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0}
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
-            torch.manual_seed(seed)
-            starts = range(0, len(flat), batch_size)
-            for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
-                batch = tokenizer(flat[start : start + batch_size], return_tensors="pt", padding=True).to(device)
-                out = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    use_cache=True,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    **(sampling if temperature > 0 else {"do_sample": False}),
-                )  # (b, prompt_len + new)
-                new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()  # (b, new)
-                for ids in new_tokens:
-                    texts.append(tokenizer.decode(_cut_at_eos(ids, tokenizer.eos_token_id)))
-    finally:
-        tokenizer.padding_side = padding_side
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in tqdm(range(0, len(prompts), per_call), desc="generate", disable=not progress, leave=False):
+            rollouts = sample(model, tokenizer, prompts[start : start + per_call], n=num_samples,
+                              max_new_tokens=max_new_tokens, temperature=float(temperature), keep_special_tokens=True)
+            texts.extend(rollouts.texts)
     return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
 
 
@@ -121,7 +109,7 @@ def evaluate(
         n: number of prompts (distinct, from ``split``).
         temperature: temperature of the ``accuracy`` completions.
         seed: seeds the prompts and the sampling.
-        batch_size: sequences per ``generate`` call.
+        batch_size: sequences per sampler call.
         samples_per_prompt: temperature-1 samples per prompt (default 8 for multi-answer tasks, else none).
         split: ``"test"`` (held out, default) or ``"train"``.
         progress: show tqdm bars.
@@ -136,8 +124,6 @@ def evaluate(
         >>> evaluate(model, tok, "addition", n=100)["accuracy"]  # doctest: +SKIP
         1.0
     """
-    from .tasks import get_task
-
     task = get_task(task)
     start = time.perf_counter()
     prompts = task.sample_prompts(n, seed=seed, split=split)

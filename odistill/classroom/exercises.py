@@ -4,7 +4,7 @@ Each ``check_*`` takes the learner's answer, tests it against odistill's own imp
 inputs (and on traps: large logits, masks, detached advantages), and either returns a short success
 message or raises :class:`ExerciseError` with a hint about *what* is wrong — never just "wrong".
 
-    >>> from odistill.exercises import check_reverse_kl
+    >>> from odistill.classroom.exercises import check_reverse_kl
     >>> def my_reverse_kl(s, t):
     ...     ls, lt = s.log_softmax(-1), t.log_softmax(-1)
     ...     return (ls.exp() * (ls - lt)).sum(-1)
@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from .divergences import forward_kl, kl_k1, kl_k2, kl_k3, reverse_kl
-from .loss import sampled_token_loss
+from ..core.divergences import forward_kl, kl_k1, kl_k2, kl_k3, reverse_kl
+from ..core.loss import sampled_token_loss
 
 __all__ = [
     "ExerciseError",

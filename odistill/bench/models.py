@@ -35,6 +35,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from ..train.checkpoint import write_dir_atomically
+
 __all__ = [
     "MODEL_SIZES",
     "CHECKPOINT_DIR",
@@ -62,6 +64,7 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 #: The file in a checkpoint folder that records how it was made (task, recipe, accuracy).
 METADATA_FILE = "odistill.json"
+
 
 @contextlib.contextmanager
 def _quiet_transformers():
@@ -231,7 +234,7 @@ def load_model(
             f"folder, and loading it from the Hugging Face hub failed ({error}). Check the name, your network, "
             "or HF_HUB_OFFLINE."
         ) from error
-    if tokenizer.pad_token is None:  # many hub models have none; never pad with EOS silently in odistill
+    if tokenizer.pad_token is None:  # many hub models have none: pad with EOS (masks keep padding out of losses)
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model = model.to(resolve_device(device)).eval()
@@ -241,18 +244,21 @@ def load_model(
 def save_checkpoint(model, tokenizer, out_dir, *, dtype: torch.dtype | None = torch.bfloat16, metadata=None) -> Path:
     """Save ``model`` and ``tokenizer`` to ``out_dir`` (``save_pretrained``), optionally cast to ``dtype``.
 
-    The model passed in is not modified (a copy is cast). ``metadata`` (a JSON-able dict: task, recipe,
-    accuracy …) is written to ``odistill.json`` next to the weights.
+    The folder is written atomically (:func:`odistill.train.checkpoint.write_dir_atomically`): an existing
+    ``out_dir`` is replaced only once the new one is complete. The model passed in is not modified (a
+    copy is cast). ``metadata`` (a JSON-able dict: task, recipe, accuracy …) is written to
+    ``odistill.json`` next to the weights.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     to_save = copy.deepcopy(model).to(dtype) if dtype is not None else model
-    with _quiet_transformers():
-        to_save.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    if metadata is not None:
-        (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    return out
+
+    def write(folder: Path) -> None:
+        with _quiet_transformers():
+            to_save.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+        if metadata is not None:
+            (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+
+    return write_dir_atomically(out_dir, write)
 
 
 def read_metadata(name_or_path: str | os.PathLike) -> dict:

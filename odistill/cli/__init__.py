@@ -1,0 +1,65 @@
+"""The ``odistill`` command. Run ``odistill --help``, or ``odistill COMMAND --help`` for one command.
+
+Each subcommand is one module of this package with two functions: ``add_parser(subparsers)`` registers
+its arguments and ``run(args) -> int`` carries it out. Add a command by writing such a module and
+listing it in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import demo, distill, train_teacher
+from . import eval as eval_command
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+DESCRIPTION = """\
+odistill — on-policy distillation of language models, on a laptop CPU.
+
+The lab bench: synthetic tasks with checkable answers (addition, permutations, sorting), tiny
+Llama-style models, and, for each task, a trained teacher and a warm-started student shipped inside
+the package ("addition-teacher", "addition-student", …).
+
+  odistill demo                                    off-policy vs on-policy distillation, side by side
+  odistill distill --task addition --lmbda 1 --beta 1 --json
+  odistill eval --task addition                    how good is the shipped teacher?
+  odistill eval --task addition --model addition-student --json
+  odistill train-teacher --task addition --out runs/my-teacher
+  odistill train-teacher --task addition --out runs/my-student --student
+"""
+
+#: The subcommands, in the order ``odistill --help`` lists them.
+COMMANDS = (demo, distill, train_teacher, eval_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``odistill`` argument parser with every subcommand (the CLI reference page is built from it)."""
+    parser = argparse.ArgumentParser(prog="odistill", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``odistill`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 1
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as error:  # a wrong name or argument: say what, not a traceback
+        print(f"odistill {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # distill has saved a checkpoint if it had an output_dir
+        print(f"odistill {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

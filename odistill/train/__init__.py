@@ -1,0 +1,13 @@
+"""The training loop: :func:`~odistill.train.trainer.distill` and what it is made of.
+
+    config       DistillConfig (help text and sections in field metadata), PRESETS
+    schedules    learning-rate schedules (shared with the lab bench's SFT)
+    loggers      where the per-step history goes (progress bar, JSON lines, callbacks)
+    data         prompts and reference completions from a dataset
+    checkpoint   the one atomic folder writer, training checkpoints, resuming
+    runtime      the accelerator and the CPU thread policy
+    steps        the named steps of one optimizer step and the TrainState they share
+    trainer      distill(): set up, then a short loop of those steps
+
+It imports the core and nothing else of odistill.
+"""

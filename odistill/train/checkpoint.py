@@ -1,0 +1,119 @@
+"""Checkpoints: one atomic folder writer, the training state it saves, and resuming from it.
+
+Every checkpoint odistill writes (a training checkpoint of :func:`odistill.distill`, a lab-bench model
+of ``odistill train-teacher``) goes through :func:`write_dir_atomically`: the folder is written next to
+its target and renamed into place, so a crash or Ctrl-C never leaves half a checkpoint. A training
+checkpoint holds everything needed to continue to the same numbers::
+
+    checkpoint-000050/
+        config.json, model.safetensors, tokenizer files   (save_pretrained: loadable on their own)
+        trainer_state.pt      optimizer, scheduler, torch and Python random states, step
+        trainer_state.json    step and the history so far (readable)
+        distill_config.json   the DistillConfig of the run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .config import DistillConfig
+
+__all__ = ["write_dir_atomically", "save_training_checkpoint", "load_training_checkpoint", "latest_checkpoint"]
+
+STATE_FILE = "trainer_state.pt"
+HISTORY_FILE = "trainer_state.json"
+CONFIG_FILE = "distill_config.json"
+
+
+def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(folder)`` on a fresh folder next to ``target``, then rename it to ``target``.
+
+    An existing ``target`` is replaced only once the new folder is complete; on any error the partial
+    folder is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def save_training_checkpoint(path: str | Path, *, student, tokenizer, optimizer, scheduler, config: DistillConfig,
+                             step: int, history: list[dict], rngs: dict) -> Path:
+    """Write a training checkpoint (see the module docstring) atomically to ``path``."""
+
+    def write(tmp: Path):
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.random.get_rng_state(),
+                    "python_rngs": {name: r.getstate() for name, r in rngs.items()}, "step": step},
+                   tmp / STATE_FILE)
+        (tmp / HISTORY_FILE).write_text(json.dumps({"step": step, "history": history}, indent=1))
+        config.save(tmp / CONFIG_FILE)
+
+    return write_dir_atomically(path, write)
+
+
+def load_training_checkpoint(path: Path, *, student, optimizer, scheduler, rngs: dict,
+                             config: DistillConfig) -> tuple[int, list[dict]]:
+    """Load a training checkpoint into the live objects; return (the first step to run, the history so far)."""
+    from safetensors.torch import load_file
+
+    state = torch.load(path / STATE_FILE, weights_only=False)
+    saved = DistillConfig.load(path / CONFIG_FILE)
+    if saved.seed != config.seed or saved.lmbda != config.lmbda or saved.batch_size != config.batch_size:
+        warnings.warn(f"resuming {path} with a config that differs from the saved one (seed/lmbda/batch_size); "
+                      "the run will not reproduce an uninterrupted one", stacklevel=3)
+    weights = {}
+    for file in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(file))
+    missing, unexpected = student.load_state_dict(weights, strict=False)
+    real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are saved once
+    if real_missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit this student: missing {real_missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.random.set_rng_state(state["torch_rng"])
+    for name, rng in rngs.items():
+        rng.setstate(state["python_rngs"][name])
+    history = json.loads((path / HISTORY_FILE).read_text())["history"]
+    return int(state["step"]) + 1, history
+
+
+def latest_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder to resume from: ``path`` itself if it is one, else its newest ``checkpoint-*``.
+
+    Raises:
+        FileNotFoundError: no checkpoint there (with what was looked for).
+    """
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    candidates = sorted(p for p in path.glob("checkpoint-*") if (p / STATE_FILE).is_file()) if path.is_dir() else []
+    if not candidates:
+        raise FileNotFoundError(
+            f"no checkpoint to resume from in {str(path)!r}: expected a folder written by distill() (with "
+            f"{STATE_FILE}) or an output_dir holding checkpoint-NNNNNN folders"
+        )
+    return candidates[-1]

@@ -1,0 +1,187 @@
+"""The named steps of one optimizer step of :func:`odistill.distill`, and the state they share.
+
+    make_rollouts ─► score ─► loss_and_metrics ─► backward   (once per micro-batch)
+    apply_update                                              (once per optimizer step)
+
+Each step is a plain function of a :class:`TrainState`; :mod:`odistill.train.trainer` calls them in
+order. They run on every process: each process draws its own slice of one global batch, and all agree
+on the λ coin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.divergences import get_divergence
+from ..core.forward import completion_hidden, completion_logits, lm_head_of
+from ..core.fused import fused_linear_divergence
+from ..core.loss import distillation_loss, sampled_token_loss
+from ..core.rollouts import Rollouts, rollouts_from_text
+from ..core.sampler import sample
+from ..core.teacher import Teacher, TeacherScores
+from ..core.tensor_ops import NonFiniteLossError, token_log_probs
+from .config import DistillConfig
+from .data import PromptSource
+
+__all__ = ["TrainState", "teacher_mode", "make_rollouts", "score", "loss_and_metrics", "backward", "apply_update"]
+
+
+@dataclass
+class TrainState:
+    """Everything the steps share: the models, the optimizer, the data, the random streams, the history.
+
+    Attributes:
+        model: the student as prepared by accelerate (a DDP wrapper with several processes): run
+            forward passes through it so gradients are synchronised.
+        student: the same student, unwrapped (sampling, checkpoints, evaluation).
+        teacher: a :class:`~odistill.core.teacher.Teacher` (the local one wraps a model).
+        coin: the λ coin, identical on every process.
+        picker: draws the global batch's prompt indices, identical on every process.
+    """
+
+    config: DistillConfig
+    accelerator: object
+    model: torch.nn.Module
+    student: torch.nn.Module
+    teacher: Teacher
+    tokenizer: object
+    data: PromptSource
+    vocab: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    params: list[torch.nn.Parameter]
+    coin: random.Random
+    picker: random.Random
+    history: list[dict] = field(default_factory=list)
+    first_step: int = 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def rngs(self) -> dict[str, random.Random]:
+        """The Python random streams a checkpoint saves and restores."""
+        return {"coin": self.coin, "picker": self.picker}
+
+    @property
+    def skipped_steps(self) -> int:
+        return sum(1 for row in self.history if row.get("skipped"))
+
+
+def teacher_mode(config: DistillConfig) -> str:
+    """What the teacher is asked for: ``sampled`` (sampled estimator), ``hidden`` (fused LM head),
+    ``topk`` (``teacher_top_k``) or ``full``."""
+    if config.estimator == "sampled":
+        return "sampled"
+    if config.fused_lm_head:
+        return "hidden"
+    return "topk" if config.teacher_top_k else "full"
+
+
+def make_rollouts(state: TrainState, step: int, micro: int) -> Rollouts:
+    """This process's batch of one micro-step: student samples with probability λ, else off-policy data."""
+    config, world, rank = state.config, state.accelerator.num_processes, state.accelerator.process_index
+    on_policy = state.coin.random() < config.lmbda
+    global_batch = [state.picker.randrange(len(state.data)) for _ in range(config.batch_size * world)]
+    prompts, completions = state.data.batch(global_batch[rank * config.batch_size : (rank + 1) * config.batch_size])
+    sampling = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                    top_k=config.top_k, backend=config.sampler_backend,
+                    seed=config.seed * 1_000_003 + (step * config.grad_accum + micro) * world + rank)
+    if on_policy:
+        return sample(state.student, state.tokenizer, prompts, source="student", **sampling)
+    if config.seq_kd:
+        return state.teacher.sample(state.tokenizer, prompts, **sampling).to(state.device)
+    return rollouts_from_text(state.tokenizer, prompts, completions).to(state.device)
+
+
+def score(state: TrainState, rollouts: Rollouts) -> TeacherScores:
+    """The teacher's scores of every completion token, in the mode the loss needs."""
+    return state.teacher.score(rollouts, teacher_mode(state.config), k=state.config.teacher_top_k)
+
+
+def loss_and_metrics(state: TrainState, rollouts: Rollouts, scores: TeacherScores) -> tuple[torch.Tensor, dict]:
+    """The training loss of one batch (a NaN tensor when it is not finite) and its metrics.
+
+    Metrics: ``reverse_kl``, the mean over counted tokens of ``log p_S(x_t) − log p_T(x_t)`` (the k1
+    estimate of the per-token reverse KL on these tokens).
+    """
+    try:
+        fn = _fused_loss if scores.mode == "hidden" else _logits_loss
+        loss, student_lp, teacher_lp = fn(state, rollouts, scores)
+    except NonFiniteLossError:  # NaN logits (e.g. diverged weights): this step is skipped
+        return torch.tensor(float("nan"), device=state.device), {"reverse_kl": float("nan")}
+    mask = rollouts.completion_mask
+    rkl = float(((student_lp.detach() - teacher_lp) * mask).sum() / mask.sum().clamp_min(1))
+    return loss, {"reverse_kl": rkl}
+
+
+def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
+    """The full or sampled estimator from the student's completion logits, and log p_S, log p_T of each token."""
+    config = state.config
+    logits = completion_logits(state.model, rollouts, vocab_size=state.vocab)  # (B, T, V), with gradients
+    mask, tokens = rollouts.completion_mask, rollouts.completion_ids.clamp_max(state.vocab - 1)
+    if config.estimator == "sampled":  # the loss needs log p_S(x_t) with its gradient
+        student_lp = token_log_probs(logits, tokens)  # (B, T)
+        loss = sampled_token_loss(student_lp, scores.token_logprobs, rollouts.sampling_logprobs, mask)
+        return loss, student_lp, scores.token_logprobs
+    with torch.no_grad():  # only the metric needs it: no graph
+        student_lp = token_log_probs(logits, tokens)
+    loss = distillation_loss(logits, scores, mask, divergence=config.divergence, beta=config.beta,
+                             alpha=config.alpha, temperature=config.loss_temperature)
+    return loss, student_lp, scores.token_logprobs
+
+
+def _fused_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
+    """The full estimator from both models' hidden states and LM heads (no (B, T, V) logits), and the tokens'
+    log-probabilities under both models."""
+    config = state.config
+    hidden = completion_hidden(state.model, rollouts)  # (B, T, H_S), with gradients (through DDP, if any)
+    weight, bias = lm_head_of(state.model, state.vocab)
+    t_weight, t_bias = state.teacher.lm_head()
+    device = hidden.device
+    spec, param = get_divergence(config.divergence).resolve(config.divergence_weight)
+    loss, student_lp, teacher_lp = fused_linear_divergence(
+        spec.name, hidden, weight, scores.hidden.to(device), t_weight.to(device), rollouts.completion_mask,
+        student_bias=bias, teacher_bias=None if t_bias is None else t_bias.to(device), weight=param,
+        temperature=config.loss_temperature, token_ids=rollouts.completion_ids.clamp_max(state.vocab - 1))
+    return loss, student_lp, teacher_lp  # hidden scores carry no token log-probs: the fused loss made them
+
+
+def backward(state: TrainState, loss: torch.Tensor, *, last: bool) -> bool:
+    """Accumulate the gradient of ``loss / grad_accum``; returns whether the loss was finite.
+
+    Gradients are all-reduced across processes only on the last micro-batch (``no_sync`` before it). A
+    non-finite loss still takes part, as a zero loss connected to every parameter, so that no process
+    waits forever in the all-reduce.
+    """
+    finite = bool(torch.isfinite(loss))
+    safe = loss if finite else sum((p * 0).sum() for p in state.params)
+    with contextlib.nullcontext() if last else state.accelerator.no_sync(state.model):
+        state.accelerator.backward(safe / state.config.grad_accum)
+    return finite
+
+
+def apply_update(state: TrainState, finite: bool, step: int) -> tuple[bool, float]:
+    """Clip, then step the optimizer and the schedule if every process's loss and the gradient are finite.
+
+    Returns ``(applied, grad_norm)``. A skipped update warns; the gradient is cleared either way.
+    """
+    config, accelerator = state.config, state.accelerator
+    grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), config.max_grad_norm or float("inf"))
+    # every process must reach the same decision: apply only if all losses and the gradient are finite
+    finite_everywhere = accelerator.reduce(torch.tensor(float(finite), device=state.device), reduction="sum")
+    applied = float(finite_everywhere) == accelerator.num_processes and bool(torch.isfinite(grad_norm))
+    if applied:
+        state.optimizer.step()
+        state.scheduler.step()
+    else:
+        warnings.warn(f"step {step}: the loss or its gradient is not finite; the update was skipped "
+                      "(not applied to the weights)", RuntimeWarning, stacklevel=3)
+    state.optimizer.zero_grad(set_to_none=True)
+    return applied, float(grad_norm)

@@ -1,0 +1,234 @@
+"""distill(): the loop that joins sampler, teacher and loss.
+
+One optimizer step::
+
+    prompts ──► on-policy?  (probability λ, a shared coin)
+                 ├─ yes: the student samples completions                 make_rollouts
+                 └─ no:  dataset completions, or teacher samples (seq_kd)
+            ──► the teacher scores every completion token                 score
+            ──► student forward on the same tokens, divergence per token  loss_and_metrics
+            ──► backward (each micro-batch), clip, step                   backward, apply_update
+            ──► history row, loggers, evaluation, checkpoint              log, maybe_eval, maybe_checkpoint
+
+The steps live in :mod:`odistill.train.steps`; this module sets them up and runs them. Built on
+``accelerate``: device placement, mixed precision, gradient accumulation and multi-process data
+parallelism (``torchrun --nproc_per_node 2 script.py`` on CPU or GPU).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..core.forward import lm_head_of
+from ..core.rollouts import resolve_special_ids
+from ..core.teacher import TeacherScorer, check_vocab_compatible
+from .checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
+from .config import DistillConfig
+from .data import DatasetError, PromptSource
+from .loggers import make_loggers
+from .runtime import make_accelerator
+from .schedules import make_scheduler
+from .steps import TrainState, apply_update, backward, loss_and_metrics, make_rollouts, score, teacher_mode
+
+__all__ = ["distill", "DistillResult", "DatasetError", "latest_checkpoint"]
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill` returns.
+
+    Attributes:
+        student: the trained student (unwrapped, on its training device, eval mode).
+        history: one dict per optimizer step: ``step, loss, reverse_kl, on_policy, source, tokens,
+            tokens_per_s, seconds, lr, grad_norm, completion_length, skipped`` plus ``eval/...`` keys
+            at evaluation steps (step 0 is the evaluation before training).
+        seconds: wall-clock time of the loop.
+        skipped_steps: steps whose loss was not finite and were therefore not applied.
+    """
+
+    student: torch.nn.Module
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped_steps: int = 0
+
+    def evals(self) -> list[dict]:
+        """The history rows that carry evaluation results."""
+        return [row for row in self.history if any(k.startswith("eval/") for k in row)]
+
+
+def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None = None, *,
+            eval_fn: Callable[[torch.nn.Module], dict] | None = None, callback: Callable[[dict], None] | None = None,
+            resume_from: str | Path | None = None) -> DistillResult:
+    """Distil ``teacher`` into ``student`` on the prompts of ``dataset``.
+
+    Args:
+        student: a causal LM to train (any ``AutoModelForCausalLM``).
+        teacher: a causal LM with the same tokenizer (frozen; put in eval mode), or any
+            :class:`~odistill.core.teacher.Teacher` (an object with ``vocab_size`` and ``score``).
+        tokenizer: the shared tokenizer (needs an EOS token; a pad token is optional).
+        dataset: a ``datasets.Dataset`` (or list of dicts) with a ``prompt`` column of strings or chat
+            conversations, or a ``messages`` column; off-policy batches without ``seq_kd`` also need a
+            completion (``completion`` / ``answer`` column, or a final assistant message).
+        config: :class:`~odistill.train.config.DistillConfig` (default: its defaults).
+        eval_fn: ``eval_fn(student) -> dict`` of metrics, called before training, after the last step,
+            and every ``config.eval_every`` steps (if > 0); keys are stored as ``eval/<key>``.
+        callback: called with each history row as it is produced (for live plots).
+        resume_from: a checkpoint folder (or an ``output_dir``: its newest checkpoint) written by an
+            earlier run with the same config; training continues after its step, with its weights,
+            optimizer, scheduler, random states and history, and reaches the same numbers as a run
+            that was never interrupted.
+
+    Checkpoints (``save_every`` > 0) are written atomically to ``output_dir/checkpoint-NNNNNN``. On
+    Ctrl-C (KeyboardInterrupt) with an ``output_dir``, a checkpoint of the last finished step is
+    written before the exception propagates, so nothing trained is lost.
+
+    Returns:
+        :class:`DistillResult` with the trained student and the per-step history.
+
+    Example:
+        >>> result = distill(student, teacher, tok, task.make_dataset(2000, seed=0),  # doctest: +SKIP
+        ...                  DistillConfig(lmbda=1.0, beta=1.0, steps=100))
+        >>> result.history[-1]["reverse_kl"]  # doctest: +SKIP
+    """
+    config = (config or DistillConfig()).validate()
+    state = setup(student, teacher, tokenizer, dataset, config, resume_from)
+    loggers = make_loggers(config, callback, state.accelerator.is_main_process)
+    for logger in loggers:
+        logger.start(config, state.first_step)
+    start = time.perf_counter()
+    try:
+        if state.first_step == 1:
+            maybe_eval(state, {"step": 0}, eval_fn, loggers)
+        for step in range(state.first_step, config.steps + 1):
+            row = train_step(state, step)
+            maybe_eval(state, row, eval_fn, loggers)
+            maybe_checkpoint(state, step)
+    except KeyboardInterrupt:
+        checkpoint_on_interrupt(state)
+        raise
+    finally:
+        for logger in loggers:
+            logger.close()
+    seconds = time.perf_counter() - start
+    state.accelerator.wait_for_everyone()
+    state.student.eval()
+    return DistillResult(student=state.student, history=state.history, seconds=seconds,
+                         skipped_steps=state.skipped_steps)
+
+
+def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_from=None) -> TrainState:
+    """Check the inputs, place the models, build the optimizer and schedule, and resume if asked."""
+    data = PromptSource(dataset, config, need_completions=config.lmbda < 1 and not config.seq_kd)
+    resolve_special_ids(tokenizer)  # clear error now if there is no EOS
+    vocab = check_vocab_compatible(student, teacher, tokenizer)
+    accelerator = make_accelerator(config.device, config.mixed_precision)
+    torch.manual_seed(config.seed + accelerator.process_index)
+    teacher = _as_teacher(teacher, config, vocab, accelerator.device)
+    if config.fused_lm_head:
+        lm_head_of(student, vocab)  # a clear error before any work if the student's logits are not hidden @ W.T
+    student.to(accelerator.device)
+    student.train()
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the student has no trainable parameters (every requires_grad is False)")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.lr_schedule, config.steps, config.warmup_steps)
+    # the scheduler stays unprepared: accelerate would step it once per process
+    model, optimizer = accelerator.prepare(student, optimizer)
+    state = TrainState(config=config, accelerator=accelerator, model=model, student=accelerator.unwrap_model(model),
+                       teacher=teacher, tokenizer=tokenizer, data=data, vocab=vocab, optimizer=optimizer,
+                       scheduler=scheduler, params=params,
+                       coin=random.Random(config.seed),  # identical on every process: all agree on on/off-policy
+                       picker=random.Random(config.seed + 1))  # identical everywhere: disjoint slices of one batch
+    if resume_from is not None:
+        state.first_step, state.history = load_training_checkpoint(
+            latest_checkpoint(resume_from), student=state.student, optimizer=optimizer, scheduler=scheduler,
+            rngs=state.rngs, config=config)
+    return state
+
+
+def _as_teacher(teacher, config: DistillConfig, vocab: int, device):
+    """A local model becomes a :class:`TeacherScorer`; anything else must already be a Teacher."""
+    mode = teacher_mode(config)
+    if isinstance(teacher, torch.nn.Module):
+        return TeacherScorer(teacher, mode=mode, k=config.teacher_top_k or 1, device=config.teacher_device or device,
+                             micro_batch_size=config.teacher_micro_batch_size, vocab_size=vocab)
+    if not callable(getattr(teacher, "score", None)):
+        raise TypeError(f"teacher must be a torch.nn.Module or a Teacher (with vocab_size and score()), got "
+                        f"{type(teacher).__name__}")
+    needs = {"sample": config.seq_kd and config.lmbda < 1, "lm_head": mode == "hidden"}
+    for member, needed in needs.items():
+        if needed and not callable(getattr(teacher, member, None)):
+            raise TypeError(f"{type(teacher).__name__} has no {member}(), which this config needs "
+                            f"({'seq_kd=True' if member == 'sample' else 'fused_lm_head=True'})")
+    return teacher
+
+
+def train_step(state: TrainState, step: int) -> dict:
+    """One optimizer step over ``grad_accum`` micro-batches; returns its history row."""
+    config, t0 = state.config, time.perf_counter()
+    row = {"step": step, "loss": 0.0, "reverse_kl": 0.0, "tokens": 0, "completion_length": 0.0}
+    finite = True
+    for micro in range(config.grad_accum):
+        rollouts = make_rollouts(state, step, micro)
+        scores = score(state, rollouts)
+        loss, metrics = loss_and_metrics(state, rollouts, scores)
+        finite &= backward(state, loss, last=micro == config.grad_accum - 1)
+        row["on_policy"], row["source"] = rollouts.source == "student", rollouts.source
+        row["loss"] += loss.item() / config.grad_accum
+        row["reverse_kl"] += metrics["reverse_kl"] / config.grad_accum
+        row["tokens"] += rollouts.num_completion_tokens
+        row["completion_length"] += rollouts.num_completion_tokens / len(rollouts) / config.grad_accum
+    applied, grad_norm = apply_update(state, finite, step)
+    seconds = time.perf_counter() - t0
+    row.update(grad_norm=grad_norm, skipped=not applied, seconds=seconds,
+               tokens_per_s=row["tokens"] / seconds if seconds > 0 else 0.0, lr=state.scheduler.get_last_lr()[0])
+    return row
+
+
+def maybe_eval(state: TrainState, row: dict, eval_fn, loggers) -> None:
+    """Evaluate (before training, every ``eval_every`` steps, after the last step), then record and log ``row``."""
+    config, step = state.config, row["step"]
+    due = step in (0, config.steps) or (config.eval_every and step % config.eval_every == 0)
+    if eval_fn is not None and due and state.accelerator.is_main_process:
+        was_training = state.student.training
+        state.student.eval()
+        with torch.no_grad():
+            metrics = eval_fn(state.student)
+        state.student.train(was_training)
+        row.update({f"eval/{k}": v for k, v in metrics.items()})
+    if step == 0 and eval_fn is None:
+        return  # no evaluation before training: no row for step 0
+    state.history.append(row)
+    for logger in loggers:
+        logger.log(row)
+
+
+def maybe_checkpoint(state: TrainState, step: int) -> None:
+    """Write ``output_dir/checkpoint-NNNNNN`` every ``save_every`` steps (main process only)."""
+    config = state.config
+    if config.save_every and step % config.save_every == 0 and state.accelerator.is_main_process:
+        _save(state, step)
+
+
+def checkpoint_on_interrupt(state: TrainState) -> None:
+    """On Ctrl-C: save the last finished step (when there is an ``output_dir``) and say how to resume."""
+    done = state.history[-1]["step"] if state.history and "loss" in state.history[-1] else state.first_step - 1
+    if state.config.output_dir and state.accelerator.is_main_process and done >= state.first_step:
+        target = _save(state, done)
+        warnings.warn(f"interrupted: saved a checkpoint of step {done} to {target}; continue with "
+                      f"resume_from={str(state.config.output_dir)!r} (odistill distill --resume)", stacklevel=3)
+
+
+def _save(state: TrainState, step: int) -> Path:
+    return save_training_checkpoint(
+        Path(state.config.output_dir) / f"checkpoint-{step:06d}", student=state.student, tokenizer=state.tokenizer,
+        optimizer=state.optimizer, scheduler=state.scheduler, config=state.config, step=step, history=state.history,
+        rngs=state.rngs)
