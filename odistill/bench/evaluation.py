@@ -105,7 +105,7 @@ def evaluate(
     Args:
         model: a causal LM (any ``transformers`` model; put it in eval mode).
         tokenizer: its tokenizer.
-        task: a :class:`~odistill.tasks.Task` or a task name.
+        task: a :class:`~odistill.bench.tasks.Task` or a task name.
         n: number of prompts (distinct, from ``split``).
         temperature: temperature of the ``accuracy`` completions.
         seed: seeds the prompts and the sampling.

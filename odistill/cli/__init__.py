@@ -60,6 +60,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"odistill {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

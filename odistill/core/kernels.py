@@ -152,7 +152,7 @@ def skew_reverse_kl_kernel(ls, lt, alpha, fin_s, fin_t, out_s, out_t, scale):
 
 
 def total_variation_kernel(ls, lt, weight, fin_s, fin_t, out_s, out_t, scale):
-    """½ Σ |p_S − p_T| per row."""
+    """``½ Σ |p_S − p_T|`` per row."""
     ps, pt = torch.exp(ls), torch.exp(lt)
     diff = torch.sub(ps, pt, out=ls)
     value = 0.5 * torch.abs(diff, out=lt).sum(-1)

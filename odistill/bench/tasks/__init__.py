@@ -1,6 +1,6 @@
 """Synthetic tasks with checkable answers — the lab bench for distillation experiments on a laptop CPU.
 
-    >>> from odistill.tasks import get_task, list_tasks
+    >>> from odistill.bench.tasks import get_task, list_tasks
     >>> list_tasks()
     ['addition', 'permutations', 'sorting']
     >>> task = get_task("addition")
@@ -59,5 +59,5 @@ def get_task(name: str | Task, **kwargs) -> Task:
             raise ValueError("pass keyword arguments only with a task name, not with a Task instance")
         return name
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; the tasks are {list_tasks()} (see odistill.tasks.TASKS)")
+        raise ValueError(f"unknown task {name!r}; the tasks are {list_tasks()} (see odistill.bench.tasks.TASKS)")
     return TASKS[name](**kwargs)

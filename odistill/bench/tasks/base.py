@@ -43,10 +43,10 @@ def split_of(prompt: str) -> str:
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """How a shipped checkpoint is trained with :func:`odistill.sft.train_sft` (fixed seed ⇒ reproducible).
+    """How a shipped checkpoint is trained with :func:`odistill.bench.sft.train_sft` (fixed seed ⇒ reproducible).
 
     Args:
-        size: a key of :data:`odistill.models.MODEL_SIZES`, e.g. ``"base"``.
+        size: a key of :data:`odistill.bench.models.MODEL_SIZES`, e.g. ``"base"``.
         steps: optimizer steps (one fresh batch of training prompts each).
         lr: peak learning rate of AdamW (cosine schedule with warm-up).
         batch_size: sequences per step.
@@ -98,7 +98,7 @@ class Task(ABC):
     # -- shared machinery -----------------------------------------------------------------------
 
     def config(self) -> dict:
-        """The keyword arguments that rebuild this task with :func:`odistill.tasks.get_task`."""
+        """The keyword arguments that rebuild this task with :func:`odistill.bench.tasks.get_task`."""
         return {}
 
     def __repr__(self) -> str:
@@ -137,7 +137,7 @@ class Task(ABC):
             split: ``"train"`` or ``"test"``; the two never share a prompt.
 
         Example:
-            >>> from odistill.tasks import get_task
+            >>> from odistill.bench.tasks import get_task
             >>> row = get_task("addition").make_dataset(1, seed=0)[0]
             >>> row["prompt"] + row["answer"] == row["messages"][0]["content"] + row["messages"][1]["content"]
             True
@@ -153,7 +153,7 @@ class Task(ABC):
         """Training data for a shipped checkpoint: ``make_dataset(n, split="train")`` unless a task says otherwise.
 
         A task may add a ``loss_start`` column (an index into ``answer``): supervised training then puts no
-        loss on ``answer[:loss_start]``. :class:`~odistill.tasks.sorting.Sorting` uses it to teach its
+        loss on ``answer[:loss_start]``. :class:`~odistill.bench.tasks.sorting.Sorting` uses it to teach its
         teacher how to finish an answer whose beginning someone else wrote.
         """
         if role not in ("teacher", "student"):

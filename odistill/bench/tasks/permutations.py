@@ -17,7 +17,7 @@ class Permutations(Task):
     The training answers are uniformly random orderings, so a well-trained teacher spreads its
     probability over all 120 of them: a *multimodal* teacher. A student too small to copy it must choose:
     forward KL (mode covering) keeps it diverse but lets invalid strings in; reverse KL (mode seeking)
-    makes it collapse onto fewer, valid orderings. :func:`odistill.evaluation.evaluate` measures both
+    makes it collapse onto fewer, valid orderings. :func:`odistill.bench.evaluation.evaluate` measures both
     (``sampled_validity`` and ``distinct_valid``).
 
     Score: 1.0 when the completion uses each letter of the prompt exactly once and nothing else.
