@@ -2,6 +2,7 @@
 #   make demo   - set up, then run the main job
 #   make test   - set up, then run the whole test suite (pytest + nbval on the notebooks,
 #                 and tests/test_docs.py: build the site, load it in headless chromium)
+#   make lint   - set up, then ruff (lint rules and formatting)
 #   make docs   - set up, then build the documentation site into docs/_build/html (offline;
 #                 warnings are errors)
 VENV ?= .venv
@@ -32,8 +33,10 @@ docs: setup
 docs-clean:
 	rm -rf docs/_build docs/cli.md docs/exercises.md docs/notebooks
 
+# ruff: the lint rules and the formatting of pyproject.toml (line length 110); CI runs it before the tests.
 lint: setup
-	$(VENV)/bin/ruff check odistill tests benchmarks
+	$(VENV)/bin/ruff check odistill tests benchmarks docs/_ext docs/conf.py scripts
+	$(VENV)/bin/ruff format --check odistill tests benchmarks docs/_ext docs/conf.py scripts
 
 # Re-execute every notebook in place (tiny CPU profile) and store its outputs.
 notebooks: setup

@@ -169,7 +169,7 @@ def run_worker(script: str | Path, job: dict, timeout: float = 1800, env: dict |
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(WORKER_TAG):
-            return json.loads(line[len(WORKER_TAG):])
+            return json.loads(line[len(WORKER_TAG) :])
     tail = (proc.stderr or proc.stdout)[-2000:]
     return {"error": f"worker failed (exit {proc.returncode}): {tail}"}
 
@@ -240,6 +240,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--no-peer", action="store_true", help="skip TRL even when it is installed")
-    parser.add_argument("--spawn", action="store_true", help="with --quick: still run each job in a fresh process")
+    parser.add_argument(
+        "--spawn", action="store_true", help="with --quick: still run each job in a fresh process"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser

@@ -59,7 +59,9 @@ def _inputs(size: dict, seed: int):
     g = torch.Generator().manual_seed(seed)
     b, t, v = size["batch"], size["tokens"], size["vocab"]
     hs = torch.randn(b, t, size["student_hidden"], generator=g).requires_grad_(True)
-    ws = (torch.randn(v, size["student_hidden"], generator=g) * size["student_hidden"] ** -0.5).requires_grad_(True)
+    ws = (
+        torch.randn(v, size["student_hidden"], generator=g) * size["student_hidden"] ** -0.5
+    ).requires_grad_(True)
     ht = torch.randn(b, t, size["teacher_hidden"], generator=g)
     wt = torch.randn(v, size["teacher_hidden"], generator=g) * (2 * size["teacher_hidden"] ** -0.5)
     mask = torch.ones(b, t, dtype=torch.bool)
@@ -72,8 +74,9 @@ def _loss_fn(impl: str):
     if impl == "odistill_fused":
         from odistill.core.fused import fused_linear_divergence
 
-        return lambda hs, ws, ht, wt, mask, beta: fused_linear_divergence("jsd", hs, ws, ht, wt, mask,
-                                                                          weight=beta)
+        return lambda hs, ws, ht, wt, mask, beta: fused_linear_divergence(
+            "jsd", hs, ws, ht, wt, mask, weight=beta
+        )
     if impl == "odistill":
         from odistill import generalized_jsd
 
@@ -88,7 +91,9 @@ def _loss_fn(impl: str):
     def trl_loss(hs, ws, ht, wt, mask, beta):
         with torch.no_grad():
             teacher = ht @ wt.T
-        return GKDTrainer.generalized_jsd_loss(hs @ ws.T, teacher, labels=torch.where(mask, 0, -100), beta=beta)
+        return GKDTrainer.generalized_jsd_loss(
+            hs @ ws.T, teacher, labels=torch.where(mask, 0, -100), beta=beta
+        )
 
     return trl_loss
 
@@ -116,8 +121,14 @@ def worker(job: dict) -> dict:
         losses.append(float(loss))
         grads = (float(hs.grad.norm()), float(ws.grad.norm()))
         del loss
-    return {"times": times, "peaks": peaks, "loss": losses[0], "grad_norms": grads, "hwm_reset": mem.reset,
-            "threads": torch.get_num_threads()}
+    return {
+        "times": times,
+        "peaks": peaks,
+        "loss": losses[0],
+        "grad_norms": grads,
+        "hwm_reset": mem.reset,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv=None) -> dict:
@@ -137,8 +148,11 @@ def main(argv=None) -> dict:
     impls = [i for i in IMPLS if peer or i != "trl"]
     info = machine()
     run = job_runner(args, __file__, worker)
-    print(f"bench_fused: {size}, β {betas}, {repeats} repeats, {args.threads} threads, load {info['load_avg_1_5_15']}",
-          flush=True)
+    print(
+        f"bench_fused: {size}, β {betas}, {repeats} repeats, {args.threads} threads, "
+        f"load {info['load_avg_1_5_15']}",
+        flush=True,
+    )
     cases = []
     for beta in betas:
         case = {"beta": beta, "results": {}}
@@ -148,9 +162,12 @@ def main(argv=None) -> dict:
             if "error" in res:
                 print(f"  {impl} β={beta}: ERROR {res['error'][-500:]}", file=sys.stderr)
             else:
-                print(f"  {impl:15s} β={beta}: time {fmt_stats(stats(res['times']), unit=' s')}, peak above inputs "
-                      f"{fmt_bytes(stats(res['peaks'])['median'])}, loss {res['loss']:.6g}, grad norms "
-                      f"{res['grad_norms'][0]:.6g} / {res['grad_norms'][1]:.6g}", flush=True)
+                print(
+                    f"  {impl:15s} β={beta}: time {fmt_stats(stats(res['times']), unit=' s')}, "
+                    f"peak above inputs {fmt_bytes(stats(res['peaks'])['median'])}, loss {res['loss']:.6g}, "
+                    f"grad norms {res['grad_norms'][0]:.6g} / {res['grad_norms'][1]:.6g}",
+                    flush=True,
+                )
         fused = case["results"]["odistill_fused"]
         for other in impls[1:]:
             res = case["results"][other]
@@ -175,8 +192,17 @@ def main(argv=None) -> dict:
     table = markdown_table(header, rows)
     print()
     print(table)
-    payload = {"benchmark": "fused", "size": size, "repeats": repeats, "threads": args.threads, "peer": peer,
-               "machine": info, "load_avg_after": machine()["load_avg_1_5_15"], "cases": cases, "table_md": table}
+    payload = {
+        "benchmark": "fused",
+        "size": size,
+        "repeats": repeats,
+        "threads": args.threads,
+        "peer": peer,
+        "machine": info,
+        "load_avg_after": machine()["load_avg_1_5_15"],
+        "cases": cases,
+        "table_md": table,
+    }
     write_json(args.json, payload)
     return payload
 

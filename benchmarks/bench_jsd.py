@@ -106,8 +106,14 @@ def worker_timing(job: dict) -> dict:
         peaks.append(mem.above)
         losses.append(float(loss))
         del loss
-    return {"times": times, "peaks": peaks, "loss": losses[0], "input_bytes": student.numel() * 4,
-            "hwm_reset": mem.reset, "threads": torch.get_num_threads()}
+    return {
+        "times": times,
+        "peaks": peaks,
+        "loss": losses[0],
+        "input_bytes": student.numel() * 4,
+        "hwm_reset": mem.reset,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def worker_accuracy(job: dict) -> dict:
@@ -135,7 +141,9 @@ def worker_accuracy(job: dict) -> dict:
                 (grad,) = torch.autograd.grad(value, x)
                 got[name] = (value.double(), grad.double())
                 row[f"{name}_value_rel_err"] = float((value.double() - ref).abs() / ref.abs())
-                row[f"{name}_grad_rel_err"] = float((grad.double() - ref_grad).abs().max() / ref_grad.abs().max())
+                row[f"{name}_grad_rel_err"] = float(
+                    (grad.double() - ref_grad).abs().max() / ref_grad.abs().max()
+                )
             if "trl" in got:
                 (va, ga), (vb, gb) = got["odistill"], got["trl"]
                 row["odistill_vs_trl_value_rel"] = float((va - vb).abs() / vb.abs())
@@ -152,7 +160,9 @@ def worker_accuracy(job: dict) -> dict:
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="target")
-    parser.add_argument("--with-plain", action="store_true", help="also time odistill's plain (unchunked) path")
+    parser.add_argument(
+        "--with-plain", action="store_true", help="also time odistill's plain (unchunked) path"
+    )
     parser.add_argument("--betas", default=None, help="comma-separated β values (default 0,0.5,1)")
     args = parser.parse_args(argv)
     if args.worker:
@@ -168,25 +178,40 @@ def main(argv=None) -> dict:
         print(TRL_MISSING if not have_trl() else "peer skipped (--no-peer)")
     impls = ["odistill"] + (["odistill_plain"] if args.with_plain else []) + (["trl"] if peer else [])
     info = machine()
-    run = job_runner(args, __file__, lambda job: worker_accuracy(job) if job["kind"] == "accuracy" else worker_timing(job))
-    print(f"bench_jsd: sizes {SIZES[size]}, β {betas}, {repeats} repeats, {args.threads} threads, "
-          f"load {info['load_avg_1_5_15']}", flush=True)
+    run = job_runner(
+        args, __file__, lambda job: worker_accuracy(job) if job["kind"] == "accuracy" else worker_timing(job)
+    )
+    print(
+        f"bench_jsd: sizes {SIZES[size]}, β {betas}, {repeats} repeats, {args.threads} threads, "
+        f"load {info['load_avg_1_5_15']}",
+        flush=True,
+    )
 
     cases = []
     for shape in SIZES[size]:
         for beta in betas:
             case = {"shape": list(shape), "beta": beta, "results": {}}
             for impl in impls:  # back to back, so paired repeats see similar load
-                job = {"kind": "timing", "impl": impl, "shape": list(shape), "beta": beta, "repeats": repeats,
-                       "threads": args.threads}
+                job = {
+                    "kind": "timing",
+                    "impl": impl,
+                    "shape": list(shape),
+                    "beta": beta,
+                    "repeats": repeats,
+                    "threads": args.threads,
+                }
                 res = run(job)
                 case["results"][impl] = res
                 if "error" in res:
                     print(f"  {impl} {shape} β={beta}: ERROR {res['error'][-500:]}", file=sys.stderr)
                 else:
-                    print(f"  {impl:15s} {tuple(shape)} β={beta}: time {fmt_stats(stats(res['times']), unit=' s')}, "
-                          f"peak above inputs {fmt_bytes(stats(res['peaks'])['median'])}, loss {res['loss']:.6g}",
-                          flush=True)
+                    print(
+                        f"  {impl:15s} {tuple(shape)} β={beta}: "
+                        f"time {fmt_stats(stats(res['times']), unit=' s')}, "
+                        f"peak above inputs {fmt_bytes(stats(res['peaks'])['median'])}, "
+                        f"loss {res['loss']:.6g}",
+                        flush=True,
+                    )
             ours, theirs = case["results"]["odistill"], case["results"].get("trl", {})
             if peer and "error" not in ours and "error" not in theirs:
                 case["time_ratio"] = paired_ratios(ours["times"], theirs["times"])
@@ -196,14 +221,20 @@ def main(argv=None) -> dict:
 
     rows_acc = 256 if size != "quick" else 8
     vocabs = sorted({shape[-1] for shape in SIZES[size]})
-    accuracy = run({"kind": "accuracy", "vocabs": vocabs, "rows": rows_acc, "peer": peer,
-                                     "threads": args.threads})
+    accuracy = run(
+        {"kind": "accuracy", "vocabs": vocabs, "rows": rows_acc, "peer": peer, "threads": args.threads}
+    )
     info_after = machine()["load_avg_1_5_15"]
 
     # ---- tables
     header = ["(B, T, V)", "β", "odistill time s", "odistill peak above inputs"]
     if peer:
-        header += ["TRL time s", "TRL peak above inputs", "time ratio odistill/TRL", "memory ratio odistill/TRL"]
+        header += [
+            "TRL time s",
+            "TRL peak above inputs",
+            "time ratio odistill/TRL",
+            "memory ratio odistill/TRL",
+        ]
     rows = []
     for case in cases:
         ours = case["results"]["odistill"]
@@ -217,8 +248,12 @@ def main(argv=None) -> dict:
             if "error" in theirs:
                 row += ["error"] * 4
             else:
-                row += [fmt_stats(stats(theirs["times"])), fmt_bytes(stats(theirs["peaks"])["median"]),
-                        fmt_stats(case.get("time_ratio")), fmt_stats(case.get("memory_ratio"))]
+                row += [
+                    fmt_stats(stats(theirs["times"])),
+                    fmt_bytes(stats(theirs["peaks"])["median"]),
+                    fmt_stats(case.get("time_ratio")),
+                    fmt_stats(case.get("memory_ratio")),
+                ]
         rows.append(row)
     table = markdown_table(header, rows)
     print()
@@ -228,13 +263,27 @@ def main(argv=None) -> dict:
     if "accuracy" in accuracy:
         acc_header = ["V", "β", "odistill loss rel err", "odistill grad rel err"]
         if peer:
-            acc_header += ["TRL loss rel err", "TRL grad rel err", "odistill vs TRL loss", "odistill vs TRL grad"]
+            acc_header += [
+                "TRL loss rel err",
+                "TRL grad rel err",
+                "odistill vs TRL loss",
+                "odistill vs TRL grad",
+            ]
         acc_rows = []
         for r in accuracy["accuracy"]:
-            row = [r["V"], f"{r['beta']:g}", f"{r['odistill_value_rel_err']:.1e}", f"{r['odistill_grad_rel_err']:.1e}"]
+            row = [
+                r["V"],
+                f"{r['beta']:g}",
+                f"{r['odistill_value_rel_err']:.1e}",
+                f"{r['odistill_grad_rel_err']:.1e}",
+            ]
             if peer:
-                row += [f"{r['trl_value_rel_err']:.1e}", f"{r['trl_grad_rel_err']:.1e}",
-                        f"{r['odistill_vs_trl_value_rel']:.1e}", f"{r['odistill_vs_trl_grad_rel']:.1e}"]
+                row += [
+                    f"{r['trl_value_rel_err']:.1e}",
+                    f"{r['trl_grad_rel_err']:.1e}",
+                    f"{r['odistill_vs_trl_value_rel']:.1e}",
+                    f"{r['odistill_vs_trl_grad_rel']:.1e}",
+                ]
             acc_rows.append(row)
         acc_table = markdown_table(acc_header, acc_rows)
         print()
@@ -243,9 +292,19 @@ def main(argv=None) -> dict:
     else:
         print(f"accuracy worker failed: {accuracy.get('error')}", file=sys.stderr)
 
-    payload = {"benchmark": "jsd", "size": size, "repeats": repeats, "threads": args.threads, "peer": peer,
-               "machine": info, "load_avg_after": info_after, "cases": cases,
-               "accuracy": accuracy.get("accuracy"), "table_md": table, "accuracy_md": acc_table}
+    payload = {
+        "benchmark": "jsd",
+        "size": size,
+        "repeats": repeats,
+        "threads": args.threads,
+        "peer": peer,
+        "machine": info,
+        "load_avg_after": info_after,
+        "cases": cases,
+        "accuracy": accuracy.get("accuracy"),
+        "table_md": table,
+        "accuracy_md": acc_table,
+    }
     write_json(args.json, payload)
     return payload
 

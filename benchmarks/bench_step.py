@@ -45,12 +45,26 @@ from _common import (
 
 CASES = {
     "tiny": {"models": "shipped:addition", "batch": 32, "max_new_tokens": 8, "steps": 20, "warmup": 3},
-    "vocab32k": {"models": "random:qwen2", "vocab": 32000, "student": {"layers": 2, "hidden": 64, "heads": 4, "mlp": 256},
-                 "teacher": {"layers": 2, "hidden": 128, "heads": 4, "mlp": 512}, "batch": 16, "max_new_tokens": 48,
-                 "steps": 8, "warmup": 2},
-    "quick": {"models": "random:llama", "vocab": 600, "student": {"layers": 1, "hidden": 32, "heads": 2, "mlp": 64},
-              "teacher": {"layers": 1, "hidden": 48, "heads": 2, "mlp": 96}, "batch": 4, "max_new_tokens": 4,
-              "steps": 3, "warmup": 1},
+    "vocab32k": {
+        "models": "random:qwen2",
+        "vocab": 32000,
+        "student": {"layers": 2, "hidden": 64, "heads": 4, "mlp": 256},
+        "teacher": {"layers": 2, "hidden": 128, "heads": 4, "mlp": 512},
+        "batch": 16,
+        "max_new_tokens": 48,
+        "steps": 8,
+        "warmup": 2,
+    },
+    "quick": {
+        "models": "random:llama",
+        "vocab": 600,
+        "student": {"layers": 1, "hidden": 32, "heads": 2, "mlp": 64},
+        "teacher": {"layers": 1, "hidden": 48, "heads": 2, "mlp": 96},
+        "batch": 4,
+        "max_new_tokens": 4,
+        "steps": 3,
+        "warmup": 1,
+    },
 }
 LR = 1e-4
 
@@ -101,9 +115,19 @@ def build_case(case: dict):
 def _run_odistill(student, teacher, tok, dataset, case):
     from odistill import DistillConfig, distill
 
-    config = DistillConfig(lmbda=1.0, beta=1.0, batch_size=case["batch"], max_new_tokens=case["max_new_tokens"],
-                           steps=case["warmup"] + case["steps"], lr=LR, max_grad_norm=1.0, device="cpu",
-                           progress=False, seed=0, temperature=1.0)
+    config = DistillConfig(
+        lmbda=1.0,
+        beta=1.0,
+        batch_size=case["batch"],
+        max_new_tokens=case["max_new_tokens"],
+        steps=case["warmup"] + case["steps"],
+        lr=LR,
+        max_grad_norm=1.0,
+        device="cpu",
+        progress=False,
+        seed=0,
+        temperature=1.0,
+    )
     result = distill(student, teacher, tok, dataset, config)
     return [row["seconds"] for row in result.history if "seconds" in row]
 
@@ -123,14 +147,37 @@ def _run_trl(student, teacher, tok, dataset, case, tmpdir):
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
 
-    args = GKDConfig(output_dir=tmpdir, per_device_train_batch_size=case["batch"],
-                     max_steps=case["warmup"] + case["steps"], lmbda=1.0, beta=1.0,
-                     max_new_tokens=case["max_new_tokens"], temperature=1.0, use_cpu=True, bf16=False,
-                     gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=10_000,
-                     learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-                     weight_decay=0.0, disable_tqdm=True, dataloader_num_workers=0, seed=0)
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
-                         processing_class=tok, callbacks=[StepTimer()])
+    args = GKDConfig(
+        output_dir=tmpdir,
+        per_device_train_batch_size=case["batch"],
+        max_steps=case["warmup"] + case["steps"],
+        lmbda=1.0,
+        beta=1.0,
+        max_new_tokens=case["max_new_tokens"],
+        temperature=1.0,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10_000,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = GKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        callbacks=[StepTimer()],
+    )
     trainer.train()
     return times
 
@@ -148,8 +195,14 @@ def worker(job: dict) -> dict:
             times = _run_trl(student, teacher, tok, dataset, case, tmpdir)
         else:
             times = _run_odistill(student, teacher, tok, dataset, case)
-    return {"step_times": times[case["warmup"]:], "warmup_times": times[: case["warmup"]], "peak": mem.above,
-            "models": desc, "threads": torch.get_num_threads(), "hwm_reset": mem.reset}
+    return {
+        "step_times": times[case["warmup"] :],
+        "warmup_times": times[: case["warmup"]],
+        "peak": mem.above,
+        "models": desc,
+        "threads": torch.get_num_threads(),
+        "hwm_reset": mem.reset,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,8 +224,11 @@ def main(argv=None) -> dict:
     if not peer:
         print(TRL_MISSING if not have_trl() else "peer skipped (--no-peer)")
     info = machine()
-    print(f"bench_step: cases {names}, {pairs} process pair(s) each, {args.threads} threads, load {info['load_avg_1_5_15']}",
-          flush=True)
+    print(
+        f"bench_step: cases {names}, {pairs} process pair(s) each, {args.threads} threads, "
+        f"load {info['load_avg_1_5_15']}",
+        flush=True,
+    )
     run = job_runner(args, __file__, worker)
     results = []
     for name in names:
@@ -187,8 +243,11 @@ def main(argv=None) -> dict:
                 if "error" in res:
                     print(f"  {name} {impl}: ERROR {res['error'][-800:]}", file=sys.stderr)
                 else:
-                    print(f"  {name:9s} {impl:9s} s/step {fmt_stats(stats(res['step_times']))}, "
-                          f"peak {fmt_bytes(res['peak'])} ({res['models']})", flush=True)
+                    print(
+                        f"  {name:9s} {impl:9s} s/step {fmt_stats(stats(res['step_times']))}, "
+                        f"peak {fmt_bytes(res['peak'])} ({res['models']})",
+                        flush=True,
+                    )
         entry = {"case": name, "config": case, "runs": runs}
         ours = [r for r in runs["odistill"] if "error" not in r]
         entry["odistill_step_s"] = stats([t for r in ours for t in r["step_times"]])
@@ -209,19 +268,40 @@ def main(argv=None) -> dict:
 
     header = ["case", "odistill s/step", "odistill peak"]
     if peer:
-        header += ["TRL s/step", "TRL peak", "speed-up (TRL time / odistill time)", "memory ratio odistill/TRL"]
+        header += [
+            "TRL s/step",
+            "TRL peak",
+            "speed-up (TRL time / odistill time)",
+            "memory ratio odistill/TRL",
+        ]
     rows = []
     for e in results:
-        row = [e["case"], fmt_stats(e["odistill_step_s"]), fmt_bytes((e["odistill_peak"] or {}).get("median"))]
+        row = [
+            e["case"],
+            fmt_stats(e["odistill_step_s"]),
+            fmt_bytes((e["odistill_peak"] or {}).get("median")),
+        ]
         if peer:
-            row += [fmt_stats(e["trl_step_s"]), fmt_bytes((e["trl_peak"] or {}).get("median")),
-                    fmt_stats(e["speedup_trl_over_odistill"]), fmt_stats(e["memory_ratio"])]
+            row += [
+                fmt_stats(e["trl_step_s"]),
+                fmt_bytes((e["trl_peak"] or {}).get("median")),
+                fmt_stats(e["speedup_trl_over_odistill"]),
+                fmt_stats(e["memory_ratio"]),
+            ]
         rows.append(row)
     table = markdown_table(header, rows)
     print()
     print(table)
-    payload = {"benchmark": "step", "cases": results, "pairs": pairs, "threads": args.threads, "peer": peer,
-               "machine": info, "load_avg_after": machine()["load_avg_1_5_15"], "table_md": table}
+    payload = {
+        "benchmark": "step",
+        "cases": results,
+        "pairs": pairs,
+        "threads": args.threads,
+        "peer": peer,
+        "machine": info,
+        "load_avg_after": machine()["load_avg_1_5_15"],
+        "table_md": table,
+    }
     write_json(args.json, payload)
     return payload
 

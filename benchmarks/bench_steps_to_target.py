@@ -32,8 +32,16 @@ from _common import (
     write_json,
 )
 
-DEFAULTS = {"task": "sorting", "batch": 64, "lr": 1e-3, "eval_every": 10, "n_eval": 300, "max_steps": 300,
-            "seeds": 3, "n_data": 4096}
+DEFAULTS = {
+    "task": "sorting",
+    "batch": 64,
+    "lr": 1e-3,
+    "eval_every": 10,
+    "n_eval": 300,
+    "max_steps": 300,
+    "seeds": 3,
+    "n_data": 4096,
+}
 QUICK = {"batch": 8, "eval_every": 1, "n_eval": 16, "max_steps": 2, "seeds": 1, "n_data": 64}
 _TEACHER_ACCURACY: dict = {}  # (task, n_eval) -> accuracy, shared by the jobs of one process (--quick)
 
@@ -72,10 +80,19 @@ def worker(job: dict) -> dict:
                 raise _Reached(row["step"])
 
     off = job["off"]
-    config = DistillConfig(lmbda=1.0 if job["policy"] == "on" else 0.0, seq_kd=job["policy"] == "off" and off == "seq_kd",
-                           beta=job["beta"], batch_size=job["batch"], lr=job["lr"], steps=job["max_steps"],
-                           eval_every=job["eval_every"], max_new_tokens=task.max_new_tokens, device="cpu",
-                           progress=False, seed=job["seed"])
+    config = DistillConfig(
+        lmbda=1.0 if job["policy"] == "on" else 0.0,
+        seq_kd=job["policy"] == "off" and off == "seq_kd",
+        beta=job["beta"],
+        batch_size=job["batch"],
+        lr=job["lr"],
+        steps=job["max_steps"],
+        eval_every=job["eval_every"],
+        max_new_tokens=task.max_new_tokens,
+        device="cpu",
+        progress=False,
+        seed=job["seed"],
+    )
     dataset = task.make_dataset(job["n_data"], seed=job["seed"])
     start = time.perf_counter()
     reached = None
@@ -83,21 +100,33 @@ def worker(job: dict) -> dict:
         distill(student, teacher, tok, dataset, config, eval_fn=eval_fn, callback=callback)
     except _Reached as hit:
         reached = int(hit.args[0])
-    return {"steps": reached, "teacher_accuracy": teacher_acc, "target": target, "curve": curve,
-            "student_start": curve[0][1] if curve else None, "seconds": time.perf_counter() - start}
+    return {
+        "steps": reached,
+        "teacher_accuracy": teacher_acc,
+        "target": target,
+        "curve": curve,
+        "student_start": curve[0][1] if curve else None,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--task", default=DEFAULTS["task"])
-    parser.add_argument("--beta", type=float, default=1.0, help="divergence for both arms (0 fwd KL, 1 rev KL)")
-    parser.add_argument("--off", choices=["dataset", "seq_kd"], default="dataset", help="off-policy data source")
+    parser.add_argument(
+        "--beta", type=float, default=1.0, help="divergence for both arms (0 fwd KL, 1 rev KL)"
+    )
+    parser.add_argument(
+        "--off", choices=["dataset", "seq_kd"], default="dataset", help="off-policy data source"
+    )
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--n-eval", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None, help=f"learning rate, both arms (default {DEFAULTS['lr']})")
+    parser.add_argument(
+        "--lr", type=float, default=None, help=f"learning rate, both arms (default {DEFAULTS['lr']})"
+    )
     args = parser.parse_args(argv)
     if args.worker:
         emit(worker(json.loads(args.worker)))
@@ -108,36 +137,80 @@ def main(argv=None) -> dict:
             settings[key] = getattr(args, key)
     settings["task"] = args.task
     info = machine()
-    print(f"bench_steps_to_target: {settings}, β={args.beta}, off-policy = {args.off}, load {info['load_avg_1_5_15']}",
-          flush=True)
+    print(
+        f"bench_steps_to_target: {settings}, β={args.beta}, off-policy = {args.off}, "
+        f"load {info['load_avg_1_5_15']}",
+        flush=True,
+    )
     run = job_runner(args, __file__, worker)
     runs = {"on": [], "off": []}
     for seed in range(settings["seeds"]):
         for policy in ("on", "off"):
-            job = {"task": settings["task"], "policy": policy, "off": args.off, "beta": args.beta, "seed": seed,
-                   "batch": settings["batch"], "lr": settings["lr"], "eval_every": settings["eval_every"],
-                   "n_eval": settings["n_eval"], "max_steps": settings["max_steps"], "n_data": settings["n_data"],
-                   "threads": args.threads}
+            job = {
+                "task": settings["task"],
+                "policy": policy,
+                "off": args.off,
+                "beta": args.beta,
+                "seed": seed,
+                "batch": settings["batch"],
+                "lr": settings["lr"],
+                "eval_every": settings["eval_every"],
+                "n_eval": settings["n_eval"],
+                "max_steps": settings["max_steps"],
+                "n_data": settings["n_data"],
+                "threads": args.threads,
+            }
             res = run(job)
             runs[policy].append(res)
             if "error" in res:
                 print(f"  seed {seed} {policy}: ERROR {res['error'][-800:]}", file=sys.stderr)
             else:
-                print(f"  seed {seed} {policy:3s}-policy: steps to {res['target']:.3f} = {res['steps']} "
-                      f"(teacher {res['teacher_accuracy']:.3f}, student at start {res['student_start']}, "
-                      f"{res['seconds']:.0f} s)", flush=True)
-    ok = [(a, b) for a, b in zip(runs["on"], runs["off"], strict=True) if "error" not in a and "error" not in b]
+                print(
+                    f"  seed {seed} {policy:3s}-policy: steps to {res['target']:.3f} = {res['steps']} "
+                    f"(teacher {res['teacher_accuracy']:.3f}, student at start {res['student_start']}, "
+                    f"{res['seconds']:.0f} s)",
+                    flush=True,
+                )
+    ok = [
+        (a, b) for a, b in zip(runs["on"], runs["off"], strict=True) if "error" not in a and "error" not in b
+    ]
     ratios = [a["steps"] / b["steps"] for a, b in ok if a["steps"] and b["steps"]]
     fmt_steps = lambda rs: ", ".join(str(r.get("steps")) if "error" not in r else "error" for r in rs)
-    rows = [[settings["task"], f"{args.beta:g}", args.off, fmt_steps(runs["on"]), fmt_steps(runs["off"]),
-             fmt_stats(stats(ratios)) if ratios else "–"]]
-    table = markdown_table(["task", "β", "off-policy data", "on-policy steps (per seed)",
-                            "off-policy steps (per seed)", "ratio on/off"], rows)
+    rows = [
+        [
+            settings["task"],
+            f"{args.beta:g}",
+            args.off,
+            fmt_steps(runs["on"]),
+            fmt_steps(runs["off"]),
+            fmt_stats(stats(ratios)) if ratios else "–",
+        ]
+    ]
+    table = markdown_table(
+        [
+            "task",
+            "β",
+            "off-policy data",
+            "on-policy steps (per seed)",
+            "off-policy steps (per seed)",
+            "ratio on/off",
+        ],
+        rows,
+    )
     print()
     print("steps = optimizer steps until greedy accuracy ≥ 0.95 × teacher's (None: not within max steps)")
     print(table)
-    payload = {"benchmark": "steps_to_target", "settings": settings, "beta": args.beta, "off": args.off,
-               "threads": args.threads, "machine": info, "runs": runs, "ratio_on_over_off": stats(ratios), "table_md": table}
+    payload = {
+        "benchmark": "steps_to_target",
+        "settings": settings,
+        "beta": args.beta,
+        "off": args.off,
+        "threads": args.threads,
+        "machine": info,
+        "runs": runs,
+        "ratio_on_over_off": stats(ratios),
+        "table_md": table,
+    }
     write_json(args.json, payload)
     return payload
 

@@ -53,12 +53,21 @@ def worker(job: dict) -> dict:
 
     setup_torch(job["threads"])
     size = job["size"]
-    teacher = build_model({"layers": 2, "hidden": 128, "heads": 4, "mlp": 512}, vocab_size=size["V"], seed=0,
-                          arch="qwen2", max_positions=size["P"] + size["T"] + 8)
+    teacher = build_model(
+        {"layers": 2, "hidden": 128, "heads": 4, "mlp": 512},
+        vocab_size=size["V"],
+        seed=0,
+        arch="qwen2",
+        max_positions=size["P"] + size["T"] + 8,
+    )
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, size["V"], (size["B"], size["P"] + size["T"]), generator=g)
-    rollouts = Rollouts(input_ids=ids, attention_mask=torch.ones_like(ids),
-                        completion_mask=torch.ones(size["B"], size["T"], dtype=torch.bool), prompt_width=size["P"])
+    rollouts = Rollouts(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        completion_mask=torch.ones(size["B"], size["T"], dtype=torch.bool),
+        prompt_width=size["P"],
+    )
     scorer = TeacherScorer(teacher, mode=job["mode"], **job["kwargs"])
     scorer(rollouts)  # warm-up
     times, peaks, kept = [], [], None
@@ -68,8 +77,11 @@ def worker(job: dict) -> dict:
             scores = scorer(rollouts)
             times.append(time.perf_counter() - start)
         peaks.append(mem.above)
-        kept = sum(t.numel() * t.element_size() for t in (scores.token_logprobs, scores.logprobs,
-                                                           scores.topk_logprobs, scores.topk_ids) if t is not None)
+        kept = sum(
+            t.numel() * t.element_size()
+            for t in (scores.token_logprobs, scores.logprobs, scores.topk_logprobs, scores.topk_ids)
+            if t is not None
+        )
         del scores
     return {"times": times, "peaks": peaks, "kept_bytes": kept, "hwm_reset": mem.reset}
 
@@ -83,19 +95,27 @@ def main(argv=None) -> dict:
     size = SIZES["quick" if args.quick else "default"]
     repeats = args.repeats or (2 if args.quick else 3)
     info = machine()
-    print(f"bench_teacher_memory: (B, P, T, V) = {tuple(size.values())}, {repeats} repeats, load {info['load_avg_1_5_15']}",
-          flush=True)
+    print(
+        f"bench_teacher_memory: (B, P, T, V) = {tuple(size.values())}, {repeats} repeats, "
+        f"load {info['load_avg_1_5_15']}",
+        flush=True,
+    )
     run = job_runner(args, __file__, worker)
     results = {}
     for mode, kwargs in MODES:
-        res = run({"mode": mode, "kwargs": kwargs, "size": size, "repeats": repeats,
-                                    "threads": args.threads}, env=MALLOC_ENV)
+        res = run(
+            {"mode": mode, "kwargs": kwargs, "size": size, "repeats": repeats, "threads": args.threads},
+            env=MALLOC_ENV,
+        )
         results[mode] = res
         if "error" in res:
             print(f"  {mode}: ERROR {res['error'][-800:]}", file=sys.stderr)
         else:
-            print(f"  {mode:8s} peak {fmt_bytes(stats(res['peaks'])['median'])}, kept {fmt_bytes(res['kept_bytes'])}, "
-                  f"time {fmt_stats(stats(res['times']), unit=' s')}", flush=True)
+            print(
+                f"  {mode:8s} peak {fmt_bytes(stats(res['peaks'])['median'])}, "
+                f"kept {fmt_bytes(res['kept_bytes'])}, time {fmt_stats(stats(res['times']), unit=' s')}",
+                flush=True,
+            )
     full = results.get("full", {})
     rows = []
     for mode, kwargs in MODES:
@@ -106,15 +126,40 @@ def main(argv=None) -> dict:
         peak_ratio = stats([a / b for a, b in zip(res["peaks"], full["peaks"], strict=False) if b])
         res["peak_ratio_vs_full"] = peak_ratio
         res["kept_ratio_vs_full"] = res["kept_bytes"] / full["kept_bytes"]
-        rows.append([mode, ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "–",
-                     fmt_bytes(stats(res["peaks"])["median"]), fmt_stats(peak_ratio), fmt_bytes(res["kept_bytes"]),
-                     f"{res['kept_ratio_vs_full']:.2g}", fmt_stats(stats(res["times"]))])
-    table = markdown_table(["mode", "options", "peak above inputs", "peak ratio vs full", "scores kept",
-                            "kept ratio vs full", "time s"], rows)
+        rows.append(
+            [
+                mode,
+                ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "–",
+                fmt_bytes(stats(res["peaks"])["median"]),
+                fmt_stats(peak_ratio),
+                fmt_bytes(res["kept_bytes"]),
+                f"{res['kept_ratio_vs_full']:.2g}",
+                fmt_stats(stats(res["times"])),
+            ]
+        )
+    table = markdown_table(
+        [
+            "mode",
+            "options",
+            "peak above inputs",
+            "peak ratio vs full",
+            "scores kept",
+            "kept ratio vs full",
+            "time s",
+        ],
+        rows,
+    )
     print()
     print(table)
-    payload = {"benchmark": "teacher_memory", "size": size, "repeats": repeats, "threads": args.threads,
-               "machine": info, "results": results, "table_md": table}
+    payload = {
+        "benchmark": "teacher_memory",
+        "size": size,
+        "repeats": repeats,
+        "threads": args.threads,
+        "machine": info,
+        "results": results,
+        "table_md": table,
+    }
     write_json(args.json, payload)
     return payload
 

@@ -43,8 +43,9 @@ def profile(case_name: str, steps: int) -> dict:
     times = {phase: [] for phase in PHASES}
     for step in range(steps + 1):
         marks = [time.perf_counter()]
-        rollouts = odistill.sample(student, tok, prompts, max_new_tokens=case["max_new_tokens"], temperature=1.0,
-                                   seed=step)
+        rollouts = odistill.sample(
+            student, tok, prompts, max_new_tokens=case["max_new_tokens"], temperature=1.0, seed=step
+        )
         marks.append(time.perf_counter())
         scores = scorer(rollouts)
         marks.append(time.perf_counter())
@@ -63,8 +64,14 @@ def profile(case_name: str, steps: int) -> dict:
         for phase, (a, b) in zip(PHASES, zip(marks[:-1], marks[1:], strict=True), strict=True):
             times[phase].append(b - a)
     medians = {phase: statistics.median(v) for phase, v in times.items()}
-    return {"case": case_name, "models": desc, "steps": steps, "medians": medians, "total": sum(medians.values()),
-            "times": times}
+    return {
+        "case": case_name,
+        "models": desc,
+        "steps": steps,
+        "medians": medians,
+        "total": sum(medians.values()),
+        "times": times,
+    }
 
 
 def main(argv=None) -> dict:
@@ -79,15 +86,26 @@ def main(argv=None) -> dict:
 
     info = machine()
     result = profile(case, steps)
-    rows = [[phase, f"{result['medians'][phase]:.3f}", f"{result['medians'][phase] / result['total']:.0%}"]
-            for phase in PHASES]
+    rows = [
+        [phase, f"{result['medians'][phase]:.3f}", f"{result['medians'][phase] / result['total']:.0%}"]
+        for phase in PHASES
+    ]
     rows.append(["total", f"{result['total']:.3f}", "100%"])
     table = markdown_table(["phase", "seconds (median)", "share"], rows)
-    print(f"profile_step: case {case} ({result['models']}), {steps} steps, {args.threads} threads, odistill from "
-          f"{odistill.__file__}, load {info['load_avg_1_5_15']}", file=sys.stderr)
+    print(
+        f"profile_step: case {case} ({result['models']}), {steps} steps, {args.threads} threads, "
+        f"odistill from {odistill.__file__}, load {info['load_avg_1_5_15']}",
+        file=sys.stderr,
+    )
     print(table)
-    payload = {"benchmark": "profile_step", "machine": info, "threads": args.threads, "odistill": odistill.__file__,
-               **result, "table_md": table}
+    payload = {
+        "benchmark": "profile_step",
+        "machine": info,
+        "threads": args.threads,
+        "odistill": odistill.__file__,
+        **result,
+        "table_md": table,
+    }
     write_json(args.json, payload)
     return payload
 

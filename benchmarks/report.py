@@ -2,9 +2,9 @@
 
     python benchmarks/report.py [--dir benchmarks/results]
 
-Reads ``jsd.json``, ``step.json``, ``fused.json``, ``teacher_memory.json`` and ``steps_to_target.json`` from the folder
-(whichever exist) and writes ``results.md``, ``results.json`` (everything, merged), ``summary.md`` (the
-headline table alone, included by the docs' Performance page) and ``ratios.png``.
+Reads ``jsd.json``, ``step.json``, ``fused.json``, ``teacher_memory.json`` and ``steps_to_target.json``
+from the folder (whichever exist) and writes ``results.md``, ``results.json`` (everything, merged),
+``summary.md`` (the headline table alone, included by the docs' Performance page) and ``ratios.png``.
 Any ``extra_*.json`` with a ``title`` and a ``table_md`` is appended as a supplementary section.
 """
 
@@ -43,54 +43,98 @@ def headline(data: dict) -> tuple[list[list[str]], list[dict]]:
     def add(what, target, s, ok, note=""):
         med = s["median"] if s else None
         rows.append([what, target, fmt_stats(s) if s else "–", _verdict(med, ok), note])
-        records.append({"what": what, "target": target, "stats": s,
-                        "met": None if med is None or ok is None else bool(ok(med))})
+        records.append(
+            {
+                "what": what,
+                "target": target,
+                "stats": s,
+                "met": None if med is None or ok is None else bool(ok(med)),
+            }
+        )
 
     jsd = data.get("jsd")
     if jsd and jsd.get("peer"):
         for case in jsd["cases"]:
             label = f"JSD β={case['beta']:g} {tuple(case['shape'])}"
-            add(f"{label}: peak memory above inputs, odistill/TRL", "≤ 0.25", case.get("memory_ratio"),
-                lambda v: v <= 0.25)
+            add(
+                f"{label}: peak memory above inputs, odistill/TRL",
+                "≤ 0.25",
+                case.get("memory_ratio"),
+                lambda v: v <= 0.25,
+            )
             add(f"{label}: time, odistill/TRL", "≤ 1.0", case.get("time_ratio"), lambda v: v <= 1.0)
         acc = jsd.get("accuracy") or []
         worst = max((max(r["odistill_value_rel_err"], r["odistill_grad_rel_err"]) for r in acc), default=None)
-        worst_trl = max((max(r.get("odistill_vs_trl_value_rel", 0), r.get("odistill_vs_trl_grad_rel", 0)) for r in acc),
-                        default=None)
+        worst_trl = max(
+            (max(r.get("odistill_vs_trl_value_rel", 0), r.get("odistill_vs_trl_grad_rel", 0)) for r in acc),
+            default=None,
+        )
         if worst is not None:
-            add("JSD values & gradients vs float64 reference (worst rel. error)", "≤ 1e-5",
-                {"min": worst, "median": worst, "max": worst, "n": 1}, lambda v: v <= 1e-5)
+            add(
+                "JSD values & gradients vs float64 reference (worst rel. error)",
+                "≤ 1e-5",
+                {"min": worst, "median": worst, "max": worst, "n": 1},
+                lambda v: v <= 1e-5,
+            )
         if worst_trl is not None:
-            add("JSD values & gradients vs TRL (worst rel. difference)", "≤ 1e-5",
-                {"min": worst_trl, "median": worst_trl, "max": worst_trl, "n": 1}, lambda v: v <= 1e-5)
+            add(
+                "JSD values & gradients vs TRL (worst rel. difference)",
+                "≤ 1e-5",
+                {"min": worst_trl, "median": worst_trl, "max": worst_trl, "n": 1},
+                lambda v: v <= 1e-5,
+            )
     step = data.get("step")
     if step and step.get("peer"):
         for case in step["cases"]:
-            add(f"on-policy step ({case['case']}): speed-up, TRL time / odistill time", "≥ 2",
-                case.get("speedup_trl_over_odistill"), lambda v: v >= 2.0)
+            add(
+                f"on-policy step ({case['case']}): speed-up, TRL time / odistill time",
+                "≥ 2",
+                case.get("speedup_trl_over_odistill"),
+                lambda v: v >= 2.0,
+            )
             if case["case"] != "tiny":
-                add(f"on-policy step ({case['case']}): peak memory, odistill/TRL", "< 1", case.get("memory_ratio"),
-                    lambda v: v < 1.0)
+                add(
+                    f"on-policy step ({case['case']}): peak memory, odistill/TRL",
+                    "< 1",
+                    case.get("memory_ratio"),
+                    lambda v: v < 1.0,
+                )
     fused = data.get("fused")
     if fused:
         size = fused["size"]
-        shape = f"({size['batch']}, {size['tokens']}, H {size['student_hidden']}/{size['teacher_hidden']}, V {size['vocab']})"
+        shape = (
+            f"({size['batch']}, {size['tokens']}, "
+            f"H {size['student_hidden']}/{size['teacher_hidden']}, V {size['vocab']})"
+        )
         for case in fused["cases"]:
             for other, name in (("trl", "TRL logits + loss"), ("odistill", "odistill logits + chunked loss")):
                 if case.get(f"memory_ratio_vs_{other}"):
-                    add(f"fused LM head + JSD β={case['beta']:g} {shape}: peak memory, fused / {name}", "report (stretch)",
-                        case[f"memory_ratio_vs_{other}"], None,
-                        f"time ratio {fmt_stats(case.get(f'time_ratio_vs_{other}'))}")
+                    add(
+                        f"fused LM head + JSD β={case['beta']:g} {shape}: peak memory, fused / {name}",
+                        "report (stretch)",
+                        case[f"memory_ratio_vs_{other}"],
+                        None,
+                        f"time ratio {fmt_stats(case.get(f'time_ratio_vs_{other}'))}",
+                    )
     teacher = data.get("teacher_memory")
     if teacher:
         res = teacher["results"].get("sampled", {})
-        add("teacher scoring peak memory, sampled/full", "report (O(B·T))", res.get("peak_ratio_vs_full"), None,
-            f"scores kept: {res.get('kept_ratio_vs_full', float('nan')):.1g} of full")
+        add(
+            "teacher scoring peak memory, sampled/full",
+            "report (O(B·T))",
+            res.get("peak_ratio_vs_full"),
+            None,
+            f"scores kept: {res.get('kept_ratio_vs_full', float('nan')):.1g} of full",
+        )
     steps = data.get("steps_to_target")
     if steps:
-        add(f"steps to 95 % of teacher, on/off-policy ({steps['settings']['task']}, β={steps['beta']:g})", "≤ 0.5",
-            steps.get("ratio_on_over_off"), lambda v: v <= 0.5,
-            "" if steps.get("ratio_on_over_off") else "a run did not reach the target")
+        add(
+            f"steps to 95 % of teacher, on/off-policy ({steps['settings']['task']}, β={steps['beta']:g})",
+            "≤ 0.5",
+            steps.get("ratio_on_over_off"),
+            lambda v: v <= 0.5,
+            "" if steps.get("ratio_on_over_off") else "a run did not reach the target",
+        )
     return rows, records
 
 
@@ -105,8 +149,10 @@ def plot(data: dict, path: Path) -> bool:
     jsd, step = data.get("jsd"), data.get("step")
     panels = []
     if jsd and jsd.get("peer"):
-        panels += [("memory_ratio", "JSD peak memory above inputs\nodistill / TRL (target ≤ 0.25)", 0.25),
-                   ("time_ratio", "JSD forward + backward time\nodistill / TRL (target ≤ 1)", 1.0)]
+        panels += [
+            ("memory_ratio", "JSD peak memory above inputs\nodistill / TRL (target ≤ 0.25)", 0.25),
+            ("time_ratio", "JSD forward + backward time\nodistill / TRL (target ≤ 1)", 1.0),
+        ]
     if step and step.get("peer"):
         panels.append(("speedup", "on-policy step speed-up\nTRL time / odistill time (target ≥ 2)", 2.0))
     if not panels:
@@ -117,8 +163,13 @@ def plot(data: dict, path: Path) -> bool:
         if key == "speedup":
             items = [(c["case"], c.get("speedup_trl_over_odistill")) for c in step["cases"]]
         else:
-            items = [(f"β={c['beta']:g}\n{c['shape'][0]}×{c['shape'][1]}\n×{round(c['shape'][2] / 1000)}k", c.get(key))
-                     for c in jsd["cases"]]
+            items = [
+                (
+                    f"β={c['beta']:g}\n{c['shape'][0]}×{c['shape'][1]}\n×{round(c['shape'][2] / 1000)}k",
+                    c.get(key),
+                )
+                for c in jsd["cases"]
+            ]
         items = [(label, s) for label, s in items if s]
         labels = [label for label, _ in items]
         med = [s["median"] for _, s in items]
@@ -141,37 +192,68 @@ def write_report(folder: Path = RESULTS) -> Path:
     parts = ["# odistill performance results", ""]
     machines = {name: d.get("machine") for name, d in data.items()}
     first = next((m for m in machines.values() if m), {})
-    parts += [f"Measured on {first.get('cpu_count', '?')} CPU cores, torch {first.get('torch', '?')}, "
-              f"TRL {first.get('trl') or 'not installed'}. Per benchmark: start time, torch threads, load average "
-              "(1/5/15 min) at the start (other processes share the machine):", ""]
-    parts += [f"- {name}: {m.get('time')}, {data[name].get('threads', '?')} thread(s), load {m.get('load_avg_1_5_15')}"
-              for name, m in machines.items() if m]
+    parts += [
+        f"Measured on {first.get('cpu_count', '?')} CPU cores, torch {first.get('torch', '?')}, "
+        f"TRL {first.get('trl') or 'not installed'}. Per benchmark: start time, torch threads, load average "
+        "(1/5/15 min) at the start (other processes share the machine):",
+        "",
+    ]
+    parts += [
+        f"- {name}: {m.get('time')}, {data[name].get('threads', '?')} thread(s), "
+        f"load {m.get('load_avg_1_5_15')}"
+        for name, m in machines.items()
+        if m
+    ]
     parts.append("")
     parts += ["Ratios: median (min–max) over paired repeats. Method: `benchmarks/README.md`.", ""]
     if rows:
-        parts += ["## Headline", "", markdown_table(["measure", "target", "measured", "verdict", "note"], rows), ""]
-    titles = {"jsd": "Generalized JSD, forward + backward (float32, CPU)", "step": "One on-policy step (λ=1, β=1)",
-              "fused": "LM head + JSD from the hidden states (fused vs logits then loss)",
-              "teacher_memory": "Teacher scoring memory", "steps_to_target": "Steps to 95 % of the teacher"}
+        parts += [
+            "## Headline",
+            "",
+            markdown_table(["measure", "target", "measured", "verdict", "note"], rows),
+            "",
+        ]
+    titles = {
+        "jsd": "Generalized JSD, forward + backward (float32, CPU)",
+        "step": "One on-policy step (λ=1, β=1)",
+        "fused": "LM head + JSD from the hidden states (fused vs logits then loss)",
+        "teacher_memory": "Teacher scoring memory",
+        "steps_to_target": "Steps to 95 % of the teacher",
+    }
     for name in PARTS:
         if name in data:
             parts += [f"## {titles[name]}", "", data[name].get("table_md", "")]
             if name == "jsd" and data[name].get("accuracy_md"):
-                parts += ["", "Accuracy against odistill's float64 reference (error = max|x − ref| / max|ref|):", "",
-                          data[name]["accuracy_md"]]
+                parts += [
+                    "",
+                    "Accuracy against odistill's float64 reference (error = max|x − ref| / max|ref|):",
+                    "",
+                    data[name]["accuracy_md"],
+                ]
             parts.append("")
     for path in sorted(folder.glob("extra_*.json")):
         extra = json.loads(path.read_text())
         if extra.get("table_md"):
-            parts += [f"## Supplementary: {extra.get('title', path.stem)}", "", extra.get("note", ""), "",
-                      extra["table_md"], ""]
+            parts += [
+                f"## Supplementary: {extra.get('title', path.stem)}",
+                "",
+                extra.get("note", ""),
+                "",
+                extra["table_md"],
+                "",
+            ]
     if plot(data, folder / "ratios.png"):
         parts += ["![ratios](ratios.png)", ""]
     (folder / "results.md").write_text("\n".join(parts))
     if rows:  # the headline alone, for the docs' Performance page
-        (folder / "summary.md").write_text(markdown_table(["measure", "target", "measured", "verdict", "note"], rows) + "\n")
+        (folder / "summary.md").write_text(
+            markdown_table(["measure", "target", "measured", "verdict", "note"], rows) + "\n"
+        )
     (folder / "results.json").write_text(json.dumps({"headline": records, **data}, indent=1, default=str))
-    print(f"wrote {folder / 'results.md'}, {folder / 'results.json'}" + (", ratios.png" if (folder / "ratios.png").exists() else ""))
+    print(
+        f"wrote {folder / 'results.md'}, {folder / 'results.json'}"
+        + (", ratios.png" if (folder / "ratios.png").exists() else "")
+    )
     return folder / "results.md"
 
 

@@ -42,7 +42,14 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     for script, extra in MODEST:
         name = script.removeprefix("bench_").removesuffix(".py")
-        cmd = [sys.executable, str(HERE / script), "--json", str(out / f"{name}.json"), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            str(HERE / script),
+            "--json",
+            str(out / f"{name}.json"),
+            "--threads",
+            str(args.threads),
+        ]
         cmd += ["--quick"] if args.quick else extra
         cmd += ["--no-peer"] if args.no_peer else []
         print(f"\n=== {script} {' '.join(cmd[2:])}", flush=True)

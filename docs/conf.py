@@ -103,8 +103,12 @@ def _pipe_tables_to_rst(lines: list[str]) -> list[str]:
     out, i = [], 0
     while i < len(lines):
         line = lines[i]
-        if (line.lstrip().startswith("|") and i + 1 < len(lines) and _PIPE_SEPARATOR.match(lines[i + 1])
-                and "|" in lines[i + 1]):
+        if (
+            line.lstrip().startswith("|")
+            and i + 1 < len(lines)
+            and _PIPE_SEPARATOR.match(lines[i + 1])
+            and "|" in lines[i + 1]
+        ):
             indent = line[: len(line) - len(line.lstrip())]
             rows = [_pipe_cells(line)]
             i += 2

@@ -27,8 +27,21 @@ __version__ = "0.1.0"
 #: Public name → the module that defines it.
 _EXPORTS = {
     **dict.fromkeys(("MASKED_LOG_PROB", "NonFiniteLossError", "token_log_probs"), "odistill.core.tensor_ops"),
-    **dict.fromkeys(("forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl",
-                     "total_variation", "kl_k1", "kl_k2", "kl_k3", "DIVERGENCES"), "odistill.core.divergences"),
+    **dict.fromkeys(
+        (
+            "forward_kl",
+            "reverse_kl",
+            "generalized_jsd",
+            "skew_forward_kl",
+            "skew_reverse_kl",
+            "total_variation",
+            "kl_k1",
+            "kl_k2",
+            "kl_k3",
+            "DIVERGENCES",
+        ),
+        "odistill.core.divergences",
+    ),
     **dict.fromkeys(("Rollouts", "rollouts_from_text"), "odistill.core.rollouts"),
     "completion_logits": "odistill.core.forward",
     "sample": "odistill.core.sampler",
@@ -39,16 +52,23 @@ _EXPORTS = {
     "DatasetError": "odistill.train.data",
     **dict.fromkeys(("Task", "get_task", "list_tasks"), "odistill.bench.tasks"),
     "build_char_tokenizer": "odistill.bench.tokenizer",
-    **dict.fromkeys(("MODEL_SIZES", "build_model", "load_model", "list_shipped", "read_metadata"),
-                    "odistill.bench.models"),
+    **dict.fromkeys(
+        ("MODEL_SIZES", "build_model", "load_model", "list_shipped", "read_metadata"), "odistill.bench.models"
+    ),
     "train_sft": "odistill.bench.sft",
     **dict.fromkeys(("evaluate", "generate_completions"), "odistill.bench.evaluation"),
 }
 
 #: Modules reachable as attributes (``odistill.experiments``, ``from odistill import viz``).
-_MODULES = {"experiments": "odistill.bench.experiments", "viz": "odistill.classroom.viz",
-            "core": "odistill.core", "train": "odistill.train", "bench": "odistill.bench",
-            "classroom": "odistill.classroom", "cli": "odistill.cli"}
+_MODULES = {
+    "experiments": "odistill.bench.experiments",
+    "viz": "odistill.classroom.viz",
+    "core": "odistill.core",
+    "train": "odistill.train",
+    "bench": "odistill.bench",
+    "classroom": "odistill.classroom",
+    "cli": "odistill.cli",
+}
 
 __all__ = ["__version__", *_EXPORTS, "experiments"]
 
@@ -60,6 +80,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     elif name in _MODULES:
         value = importlib.import_module(_MODULES[name])
+    elif f"odistill.{name}" in compat.MOVED_MODULES:  # a 0.1 module path: warns, then the module at its new home
+        value = importlib.import_module(f"odistill.{name}")
     else:
         raise AttributeError(f"module 'odistill' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip __getattr__

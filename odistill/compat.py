@@ -46,8 +46,11 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         new = MOVED_MODULES[spec.name]
-        warnings.warn(f"{spec.name} moved to {new}; import it from there (the old path will be removed)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{spec.name} moved to {new}; import it from there (the old path will be removed)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         module = importlib.import_module(new)
         self._real_spec = module.__spec__  # the import system overwrites __spec__ after create_module
         return module

@@ -16,7 +16,9 @@ def char_tokenizer():
     return build_char_tokenizer("0123456789+=")
 
 
-def make_tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 1, max_positions: int = 64):
+def make_tiny_llama(
+    vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 1, max_positions: int = 64
+):
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -38,4 +40,6 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
 @pytest.fixture()
 def tiny_pair(char_tokenizer):
     """(student, teacher) with the same vocabulary, different random weights."""
-    return make_tiny_llama(len(char_tokenizer), seed=0), make_tiny_llama(len(char_tokenizer), seed=1, hidden=48)
+    return make_tiny_llama(len(char_tokenizer), seed=0), make_tiny_llama(
+        len(char_tokenizer), seed=1, hidden=48
+    )

@@ -131,7 +131,9 @@ def _plant(path: Path, line: str) -> None:
 
 def test_a_core_module_importing_the_bench_is_caught(tree_copy):
     _plant(tree_copy / "core" / "loss.py", "from ..bench.models import load_model")
-    assert any("odistill.core.loss (core) imports odistill.bench.models (bench)" in v for v in check_tree(tree_copy))
+    assert any(
+        "odistill.core.loss (core) imports odistill.bench.models (bench)" in v for v in check_tree(tree_copy)
+    )
 
 
 def test_a_cycle_hidden_in_a_function_is_caught(tree_copy):

@@ -137,8 +137,10 @@ def test_non_contiguous_logits_are_read_in_place():
     permuted = torch.randn(5, 3, 2, 7, dtype=torch.float64).permute(1, 0, 2, 3)  # no row view at all
     other = torch.randn(3, 5, 2, 7, dtype=torch.float64)
     m = torch.rand(3, 5, 2) < 0.5
-    torch.testing.assert_close(forward_kl(permuted, other, m, chunk_size=2, reduction="none"),
-                               forward_kl(permuted, other, m, chunk_size=None, reduction="none"))
+    torch.testing.assert_close(
+        forward_kl(permuted, other, m, chunk_size=2, reduction="none"),
+        forward_kl(permuted, other, m, chunk_size=None, reduction="none"),
+    )
 
 
 @pytest.mark.parametrize("name", list(FUNCS))
@@ -214,7 +216,9 @@ def test_parallel_and_serial_chunks_agree(monkeypatch):
 def test_auto_dispatch_and_chunk_size_validation(monkeypatch):
     calls = []
     real = chunked.chunked_divergence
-    monkeypatch.setattr(chunked, "chunked_divergence", lambda *a, **k: calls.append(k["chunk_size"]) or real(*a, **k))
+    monkeypatch.setattr(
+        chunked, "chunked_divergence", lambda *a, **k: calls.append(k["chunk_size"]) or real(*a, **k)
+    )
     small = torch.randn(2, 3, 5)
     reverse_kl(small, small)  # "auto": tiny inputs take the plain path
     assert calls == []
@@ -232,7 +236,9 @@ def test_validation_errors_are_the_plain_paths():
     with pytest.raises(ValueError, match=r"V=5.*V=7"):
         reverse_kl(torch.randn(2, 5), torch.randn(2, 7), chunk_size=1)
     with pytest.raises(ValueError, match=r"mask has shape"):
-        forward_kl(torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.ones(2, 4, dtype=torch.bool), chunk_size=1)
+        forward_kl(
+            torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.ones(2, 4, dtype=torch.bool), chunk_size=1
+        )
     with pytest.raises(ValueError, match="temperature"):
         forward_kl(torch.randn(2, 5), torch.randn(2, 5), temperature=0.0, chunk_size=1)
     with pytest.raises(TypeError, match="kernel must be a chunk kernel"):
@@ -243,7 +249,9 @@ def test_validation_errors_are_the_plain_paths():
 
 def test_integer_mask_and_skew_alpha_one():
     s, t, mask = _case(19)
-    torch.testing.assert_close(reverse_kl(s, t, mask.long(), chunk_size=2), reverse_kl(s, t, mask, chunk_size=None))
+    torch.testing.assert_close(
+        reverse_kl(s, t, mask.long(), chunk_size=2), reverse_kl(s, t, mask, chunk_size=None)
+    )
     assert skew_forward_kl(s, t, alpha=1.0, chunk_size=2).item() == 0.0  # identically 0: plain path
 
 
@@ -252,13 +260,16 @@ def test_integer_mask_and_skew_alpha_one():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind, fn, kw", [
-    ("reverse_kl", reverse_kl, {}),
-    ("forward_kl", forward_kl, {}),
-    ("jsd", generalized_jsd, {"beta": 0.4}),
-    ("skew_reverse_kl", skew_reverse_kl, {"alpha": 0.2}),
-    ("total_variation", total_variation, {}),
-])
+@pytest.mark.parametrize(
+    "kind, fn, kw",
+    [
+        ("reverse_kl", reverse_kl, {}),
+        ("forward_kl", forward_kl, {}),
+        ("jsd", generalized_jsd, {"beta": 0.4}),
+        ("skew_reverse_kl", skew_reverse_kl, {"alpha": 0.2}),
+        ("total_variation", total_variation, {}),
+    ],
+)
 def test_fused_linear_matches_logits_then_divergence(kind, fn, kw):
     g = torch.Generator().manual_seed(23)
     hs = torch.randn(3, 5, 8, dtype=torch.float64, generator=g, requires_grad=True)
@@ -268,15 +279,17 @@ def test_fused_linear_matches_logits_then_divergence(kind, fn, kw):
     wt = torch.randn(40, 6, dtype=torch.float64, generator=g, requires_grad=True)
     mask = torch.rand(3, 5, generator=g) < 0.6
     weight = kw.get("beta", kw.get("alpha"))
-    got = fused_linear_divergence(kind, hs, ws, ht, wt, mask, student_bias=bs, weight=weight, temperature=1.3,
-                                          chunk_size=2)
+    got = fused_linear_divergence(
+        kind, hs, ws, ht, wt, mask, student_bias=bs, weight=weight, temperature=1.3, chunk_size=2
+    )
     want = fn(torch.nn.functional.linear(hs, ws, bs), ht @ wt.T, mask, temperature=1.3, chunk_size=None, **kw)
     inputs = (hs, ws, bs, ht, wt)
     for a, b in zip(torch.autograd.grad(2 * got, inputs), torch.autograd.grad(2 * want, inputs), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    f = lambda h, w: fused_linear_divergence(kind, h, w, ht.detach(), wt.detach(), mask, weight=weight,
-                                                     chunk_size=2)
+    f = lambda h, w: fused_linear_divergence(
+        kind, h, w, ht.detach(), wt.detach(), mask, weight=weight, chunk_size=2
+    )
     assert torch.autograd.gradcheck(f, (hs, ws))
 
 
@@ -284,7 +297,9 @@ def test_fused_linear_none_reduction_and_errors():
     hs, ws, ht, wt = torch.randn(2, 3, 4), torch.randn(10, 4), torch.randn(2, 3, 5), torch.randn(10, 5)
     mask = torch.tensor([[True, False, True], [False, True, True]])
     values = fused_linear_divergence("reverse_kl", hs, ws, ht, wt, mask, reduction="none", chunk_size=2)
-    torch.testing.assert_close(values, reverse_kl(hs @ ws.T, ht @ wt.T, mask, reduction="none", chunk_size=None))
+    torch.testing.assert_close(
+        values, reverse_kl(hs @ ws.T, ht @ wt.T, mask, reduction="none", chunk_size=None)
+    )
     with pytest.raises(ValueError, match="reduction='none' has no gradient"):
         fused_linear_divergence("reverse_kl", hs.requires_grad_(), ws, ht, wt, reduction="none")
     with pytest.raises(ValueError, match="vocabulary sizes differ"):

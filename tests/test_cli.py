@@ -44,8 +44,22 @@ def test_eval_with_a_missing_model_fails_cleanly(capsys, tmp_path):
 
 def test_train_teacher_writes_a_loadable_checkpoint(tmp_path, capsys):
     out = tmp_path / "t"
-    args = ["train-teacher", "--task", "addition", "--out", str(out), "--steps", "5", "--size", "tiny",
-            "--eval-n", "20", "--quiet", "--seed", "1"]
+    args = [
+        "train-teacher",
+        "--task",
+        "addition",
+        "--out",
+        str(out),
+        "--steps",
+        "5",
+        "--size",
+        "tiny",
+        "--eval-n",
+        "20",
+        "--quiet",
+        "--seed",
+        "1",
+    ]
     assert main(args) == 0
     assert "saved teacher" in capsys.readouterr().out
     model, tok = load_model(out)
@@ -57,7 +71,11 @@ def test_train_teacher_writes_a_loadable_checkpoint(tmp_path, capsys):
 def test_console_script_works_in_a_fresh_process():
     script = Path(sys.executable).parent / "odistill"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "odistill.cli"]
-    result = subprocess.run(command + ["eval", "--task", "addition", "--json", "--n", "50"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        command + ["eval", "--task", "addition", "--json", "--n", "50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["accuracy"] >= 0.95

@@ -10,8 +10,28 @@ from odistill.cli import main
 
 
 def test_distill_json_reports_before_after_and_teacher(capsys):
-    code = main(["distill", "--task", "addition", "--steps", "3", "--batch-size", "8", "--eval-every", "0",
-                 "--lmbda", "1", "--beta", "1", "--estimator", "sampled", "--threads", "1", "--json"])
+    code = main(
+        [
+            "distill",
+            "--task",
+            "addition",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "0",
+            "--lmbda",
+            "1",
+            "--beta",
+            "1",
+            "--estimator",
+            "sampled",
+            "--threads",
+            "1",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     for key in ("student_accuracy_before", "student_accuracy_after", "teacher_accuracy", "steps", "seconds"):
@@ -43,8 +63,24 @@ def test_distill_config_file_is_used_and_flags_override(capsys, tmp_path):
 
 
 def test_distill_fused_lm_head_flag(capsys):
-    assert main(["distill", "--fused-lm-head", "--steps", "2", "--batch-size", "4", "--eval-every", "0",
-                 "--threads", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--fused-lm-head",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--eval-every",
+                "0",
+                "--threads",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["fused_lm_head"] is True and out["steps"] == 2
     assert main(["distill", "--fused-lm-head", "--estimator", "sampled", "--steps", "1"]) == 2

@@ -133,7 +133,9 @@ def test_float64_inputs_are_computed_in_float64(name):
     s, t, mask, temperature = _random_case(123, dtype=torch.float64)
     got = fn(s, t, mask, temperature=temperature, **kw)
     assert got.dtype == torch.float64
-    np.testing.assert_allclose(got.item(), reference(name, s, t, mask, temperature, **kw), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        got.item(), reference(name, s, t, mask, temperature, **kw), rtol=1e-12, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("name", list(FUNCS))
@@ -147,7 +149,9 @@ def test_no_mask_equals_all_true_mask(name):
 
 def test_integer_mask_is_accepted_as_bool():
     s, t, mask, _ = _random_case(3)
-    assert torch.equal(reverse_kl(s, t, mask.long(), reduction="none"), reverse_kl(s, t, mask, reduction="none"))
+    assert torch.equal(
+        reverse_kl(s, t, mask.long(), reduction="none"), reverse_kl(s, t, mask, reduction="none")
+    )
 
 
 def test_masked_positions_are_zero_in_none_reduction_and_ignored_by_mean():
@@ -164,7 +168,9 @@ def test_masked_positions_are_zero_in_none_reduction_and_ignored_by_mean():
 
 def test_temperature_divides_the_logits():
     s, t, mask, _ = _random_case(11)
-    assert torch.allclose(reverse_kl(s, t, mask, temperature=2.5), reverse_kl(s / 2.5, t / 2.5, mask), atol=1e-6)
+    assert torch.allclose(
+        reverse_kl(s, t, mask, temperature=2.5), reverse_kl(s / 2.5, t / 2.5, mask), atol=1e-6
+    )
 
 
 def test_docstring_numbers_by_hand():
@@ -180,10 +186,14 @@ def test_docstring_numbers_by_hand():
 
 def test_beta_end_points_are_exactly_forward_and_reverse_kl():
     s, t, mask, temperature = _random_case(21)
-    assert torch.equal(generalized_jsd(s, t, mask, beta=0.0, temperature=temperature),
-                       forward_kl(s, t, mask, temperature=temperature))
-    assert torch.equal(generalized_jsd(s, t, mask, beta=1.0, temperature=temperature),
-                       reverse_kl(s, t, mask, temperature=temperature))
+    assert torch.equal(
+        generalized_jsd(s, t, mask, beta=0.0, temperature=temperature),
+        forward_kl(s, t, mask, temperature=temperature),
+    )
+    assert torch.equal(
+        generalized_jsd(s, t, mask, beta=1.0, temperature=temperature),
+        reverse_kl(s, t, mask, temperature=temperature),
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -241,8 +251,11 @@ def test_gradcheck_float64(name, wrt):
     s, t, mask, temperature = _random_case(31, dtype=torch.float64)
     s.requires_grad_(wrt == "student")
     t.requires_grad_(wrt == "teacher")
-    f = (lambda x: fn(x, t, mask, temperature=temperature, **kw)) if wrt == "student" else (
-        lambda x: fn(s, x, mask, temperature=temperature, **kw))
+    f = (
+        (lambda x: fn(x, t, mask, temperature=temperature, **kw))
+        if wrt == "student"
+        else (lambda x: fn(s, x, mask, temperature=temperature, **kw))
+    )
     assert torch.autograd.gradcheck(f, (s if wrt == "student" else t,), eps=1e-6, atol=1e-5)
 
 
@@ -304,9 +317,14 @@ def test_properties_nonnegative_and_zero_on_equal(pair, name, weight):
 @given(_pairs())
 def test_jsd_half_and_tvd_are_symmetric(pair):
     s, t = pair
-    assert torch.allclose(generalized_jsd(s, t, beta=0.5, reduction="none"),
-                          generalized_jsd(t, s, beta=0.5, reduction="none"), atol=1e-5)
-    assert torch.allclose(total_variation(s, t, reduction="none"), total_variation(t, s, reduction="none"), atol=1e-6)
+    assert torch.allclose(
+        generalized_jsd(s, t, beta=0.5, reduction="none"),
+        generalized_jsd(t, s, beta=0.5, reduction="none"),
+        atol=1e-5,
+    )
+    assert torch.allclose(
+        total_variation(s, t, reduction="none"), total_variation(t, s, reduction="none"), atol=1e-6
+    )
     assert (total_variation(s, t, reduction="none") <= 1 + 1e-6).all()
 
 
@@ -525,6 +543,15 @@ def test_token_log_probs_without_grad_equals_with_grad():
 
 
 def test_public_api_exports():
-    for name in ("forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl",
-                 "total_variation", "kl_k1", "kl_k2", "kl_k3"):
+    for name in (
+        "forward_kl",
+        "reverse_kl",
+        "generalized_jsd",
+        "skew_forward_kl",
+        "skew_reverse_kl",
+        "total_variation",
+        "kl_k1",
+        "kl_k2",
+        "kl_k3",
+    ):
         assert callable(getattr(odistill, name)) and name in odistill.__all__

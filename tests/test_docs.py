@@ -41,12 +41,14 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip(
-    "sphinx", reason="Sphinx is not installed: the docs site was not built (install the docs extra: "
-    "`bash scripts/setup.sh dev,docs`, which `make test` does)"
+    "sphinx",
+    reason="Sphinx is not installed: the docs site was not built (install the docs extra: "
+    "`bash scripts/setup.sh dev,docs`, which `make test` does)",
 )
 pytest.importorskip(
-    "myst_nb", reason="myst-nb is not installed: the docs site was not built (install the docs extra: "
-    "`bash scripts/setup.sh dev,docs`, which `make test` does)"
+    "myst_nb",
+    reason="myst-nb is not installed: the docs site was not built (install the docs extra: "
+    "`bash scripts/setup.sh dev,docs`, which `make test` does)",
 )
 
 pytestmark = pytest.mark.slow
@@ -58,8 +60,18 @@ HTML = BUILD / "html"
 SHOTS = BUILD / "screenshots"
 NOTEBOOKS = ROOT / "notebooks"
 
-PAGES = ["index", "install", "quickstart", "concepts", "notebooks", "exercises", "cli", "api/index",
-         "performance", "references"]
+PAGES = [
+    "index",
+    "install",
+    "quickstart",
+    "concepts",
+    "notebooks",
+    "exercises",
+    "cli",
+    "api/index",
+    "performance",
+    "references",
+]
 SHOT_ROUTE = "/__figure_shot__"  # a test-only wrapper page (never written to the site), see _Handler
 
 
@@ -74,8 +86,14 @@ def site() -> Path:
     cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", str(DOCS), str(HTML)]
     shutil.rmtree(HTML, ignore_errors=True)  # from scratch, like `make docs` and CI
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
@@ -213,7 +231,12 @@ def _notebook_01() -> Path:
 
 def _png_outputs(path: Path) -> int:
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    return sum("image/png" in out.get("data", {}) for c in cells if c["cell_type"] == "code" for out in c.get("outputs", []))
+    return sum(
+        "image/png" in out.get("data", {})
+        for c in cells
+        if c["cell_type"] == "code"
+        for out in c.get("outputs", [])
+    )
 
 
 def _page_of(notebook: Path) -> str:
@@ -244,18 +267,23 @@ def test_notebook_pages_show_their_stored_figures(site):
         images = [src for tag, src in _parse(page).links if tag == "img" and src.endswith(".png")]
         assert len(images) >= pngs, f"{path.name}: {pngs} stored figures but {len(images)} <img> on its page"
         for src in images:
-            assert (site / _page_of(path)).parent.joinpath(src).resolve().is_file(), f"{path.name}: {src} missing"
+            assert (site / _page_of(path)).parent.joinpath(src).resolve().is_file(), (
+                f"{path.name}: {src} missing"
+            )
 
 
 def test_every_public_module_has_an_api_page():
-    """A new module of the package needs a page in docs/api/ (copy one of the others, add it to api/index.md)."""
+    """A new module of the package needs a page in docs/api/ (copy one of the others, add it to
+    api/index.md)."""
     documented = {p.stem for p in (DOCS / "api").glob("*.md")} - {"index"}
     modules = {p.stem for p in (ROOT / "odistill").glob("*.py") if not p.stem.startswith("_")}
     modules |= {p.name for p in (ROOT / "odistill").iterdir() if (p / "__init__.py").is_file()}
     # the command line (cli.py and its helpers cli_*.py) is documented by the generated CLI reference page
     modules = {m for m in modules if m != "cli" and not m.startswith("cli_")}
     missing = sorted(modules - documented)
-    assert not missing, f"modules without an API page: {missing} (add docs/api/<module>.md and list it in docs/api/index.md)"
+    assert not missing, (
+        f"modules without an API page: {missing} (add docs/api/<module>.md and list it in docs/api/index.md)"
+    )
     index = (DOCS / "api" / "index.md").read_text(encoding="utf-8")
     unlisted = sorted(name for name in documented if f"\n{name}\n" not in index)
     assert not unlisted, f"API pages not in the toctree of docs/api/index.md: {unlisted}"
@@ -266,7 +294,9 @@ def test_cli_reference_is_generated_from_the_parser(site):
 
     parser = build_parser()
     page = (site / "cli.html").read_text(encoding="utf-8")
-    commands = next(a.choices for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    commands = next(
+        a.choices for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)
+    )
     assert commands, "the parser has no subcommands"
     for name, sub in commands.items():
         assert f"odistill {name}" in page, f"`odistill {name}` missing from cli.html"
@@ -310,8 +340,13 @@ def test_every_internal_link_resolves(server):
             broken.append(f"{target} ({status}), linked from {sorted(sources)[0]}")
     assert not broken, "broken internal links:\n" + "\n".join(broken)
 
-    missing = sorted({f"{page} -> {target}#{frag}" for page, target, frag in fragments
-                      if target in pages and frag not in pages[target].ids})
+    missing = sorted(
+        {
+            f"{page} -> {target}#{frag}"
+            for page, target, frag in fragments
+            if target in pages and frag not in pages[target].ids
+        }
+    )
     assert not missing, "links to anchors that do not exist:\n" + "\n".join(missing)
 
     crawled = {urllib.parse.urlsplit(u).path for u in pages}
@@ -331,19 +366,32 @@ def chromium() -> str:
         path = name and shutil.which(name)
         if path:
             return path
-    pytest.skip("chromium is not installed, so the docs site was not checked in a browser "
-                "(Debian: apt-get install chromium; .ci/run installs it)")
+    pytest.skip(
+        "chromium is not installed, so the docs site was not checked in a browser "
+        "(Debian: apt-get install chromium; .ci/run installs it)"
+    )
 
 
 def _browse(chromium: str, url: str, *extra: str, timeout: int = 120) -> str:
     profile = tempfile.mkdtemp(prefix="odistill-chromium-")
     cmd = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-        "--hide-scrollbars", f"--user-data-dir={profile}",
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
         # CDN scripts (widgets) must fail fast instead of reaching the network: localhost only.
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--window-size=1280,1000", "--virtual-time-budget=5000", *extra, url,
+        "--window-size=1280,1000",
+        "--virtual-time-budget=5000",
+        *extra,
+        url,
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -366,9 +414,16 @@ def test_home_page_renders(server, chromium):
     dom = _browse(chromium, f"{base}/index.html", "--dump-dom")
     page = _parse(dom)
     assert "odistill" in page.title
-    for text in ("On-policy distillation of language models", "The 60-second tour", "Concepts", "API reference"):
+    for text in (
+        "On-policy distillation of language models",
+        "The 60-second tour",
+        "Concepts",
+        "API reference",
+    ):
         assert text in dom, f"{text!r} not on the rendered home page"
-    assert any(link.endswith("notebooks.html") for _, link in page.links), "home page has no link to the notebooks"
+    assert any(link.endswith("notebooks.html") for _, link in page.links), (
+        "home page has no link to the notebooks"
+    )
     _no_browser_404(log, since)
 
 
@@ -382,9 +437,12 @@ def test_notebook_page_renders_with_figures_and_math(server, chromium):
     images = [src for tag, src in page.links if tag == "img" and "_images/" in src and src.endswith(".png")]
     assert images, "no figure (<img> of a stored plot) on notebook 01's page"
     fetched = {path for path, code in log[since:] if code == 200}
-    assert any(p.split("?")[0].endswith(Path(src).name) for src in images for p in fetched), \
+    assert any(p.split("?")[0].endswith(Path(src).name) for src in images for p in fetched), (
         "the browser did not load the notebook's figures"
-    assert "<mjx-container" in dom, "MathJax did not typeset the notebook's math (served from _static/mathjax)"
+    )
+    assert "<mjx-container" in dom, (
+        "MathJax did not typeset the notebook's math (served from _static/mathjax)"
+    )
     _no_browser_404(log, since)
 
 
@@ -397,8 +455,11 @@ def test_api_page_renders(server, chromium):
         assert name in dom, f"{name} not in the API overview"
     dom = _browse(chromium, f"{base}/api/divergences.html", "--dump-dom")
     page = _parse(dom)
-    for anchor in ("odistill.core.divergences.forward_kl", "odistill.core.divergences.reverse_kl",
-                   "odistill.core.divergences.generalized_jsd"):
+    for anchor in (
+        "odistill.core.divergences.forward_kl",
+        "odistill.core.divergences.reverse_kl",
+        "odistill.core.divergences.generalized_jsd",
+    ):
         assert anchor in page.ids, f"autodoc entry {anchor} missing"
     assert "KL(p_T ‖ p_S)" in dom and "Σ" in dom, "the docstrings' unicode math is not on the page"
     _no_browser_404(log, since)
@@ -421,6 +482,8 @@ def test_screenshots(server, chromium):
         _browse(chromium, url, f"--screenshot={path}")
         assert path.is_file(), f"chromium wrote no screenshot {path}"
         data = path.read_bytes()
-        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, f"{path} is not a real screenshot"
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, (
+            f"{path} is not a real screenshot"
+        )
     _no_browser_404(log, since)
     print(f"\n[docs] screenshots in {SHOTS}: {', '.join(shots)}")

@@ -69,7 +69,9 @@ def test_shipped_teacher_is_accurate_and_student_clearly_worse(task_name):
 def test_evaluate_reports_what_it_promises(addition_teacher):
     model, tok = addition_teacher
     result = evaluate(model, tok, "addition", n=50, samples_per_prompt=2, seed=3)
-    assert {"task", "n", "accuracy", "temperature", "sampled_validity", "distinct_valid", "examples"} <= set(result)
+    assert {"task", "n", "accuracy", "temperature", "sampled_validity", "distinct_valid", "examples"} <= set(
+        result
+    )
     assert result["n"] == 50 and 0.0 <= result["accuracy"] <= 1.0
     assert result["distinct_valid"] <= 1.0  # one correct answer per prompt
     again = evaluate(model, tok, "addition", n=50, samples_per_prompt=2, seed=3)

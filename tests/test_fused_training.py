@@ -1,4 +1,5 @@
-"""The fused LM-head path: hidden states + LM-head weights instead of logits, same numbers as the logits path."""
+"""The fused LM-head path: hidden states + LM-head weights instead of logits, same numbers as the logits
+path."""
 
 from __future__ import annotations
 
@@ -60,8 +61,9 @@ def test_fused_token_logprobs_are_the_models_own_at_temperature_one():
     ht, wt = torch.randn(2, 5, 12), torch.randn(30, 12)
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
     ids = torch.randint(0, 30, (2, 5))
-    loss, lp_s, lp_t = fused_linear_divergence("jsd", hs, ws, ht, wt, mask, weight=0.3, temperature=2.0,
-                                               token_ids=ids, chunk_size=3)
+    loss, lp_s, lp_t = fused_linear_divergence(
+        "jsd", hs, ws, ht, wt, mask, weight=0.3, temperature=2.0, token_ids=ids, chunk_size=3
+    )
     ref = generalized_jsd(hs @ ws.T, ht @ wt.T, mask, beta=0.3, temperature=2.0)
     assert torch.allclose(loss, ref, atol=1e-6)
     for lp, logits in ((lp_s, hs @ ws.T), (lp_t, ht @ wt.T)):
@@ -77,18 +79,23 @@ def test_fused_token_logprobs_are_the_models_own_at_temperature_one():
         fused_linear_divergence("reverse_kl", hs, ws, ht, wt, mask, token_ids=ids + 30)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(lmbda=1.0, beta=1.0),
-    dict(lmbda=1.0, beta=0.5, loss_temperature=2.0),
-    dict(lmbda=0.0, beta=0.0),
-    dict(lmbda=1.0, divergence="forward_kl"),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lmbda=1.0, beta=1.0),
+        dict(lmbda=1.0, beta=0.5, loss_temperature=2.0),
+        dict(lmbda=0.0, beta=0.0),
+        dict(lmbda=1.0, divergence="forward_kl"),
+    ],
+)
 def test_distill_fused_matches_the_logits_path(char_tokenizer, kw):
     """Same seed, same batches: the fused run ends with the same weights and the same per-step numbers."""
     runs = []
     for fused in (False, True):
         student, teacher = _pair(char_tokenizer)
-        cfg = DistillConfig(steps=4, batch_size=8, max_new_tokens=5, lr=1e-2, progress=False, fused_lm_head=fused, **kw)
+        cfg = DistillConfig(
+            steps=4, batch_size=8, max_new_tokens=5, lr=1e-2, progress=False, fused_lm_head=fused, **kw
+        )
         result = distill(student, teacher, char_tokenizer, DATA, cfg)
         runs.append(result)
     plain, fused = runs
@@ -103,11 +110,17 @@ def test_distill_fused_matches_the_logits_path(char_tokenizer, kw):
     assert not torch.allclose(next(fresh.parameters()), next(fused.student.parameters()))
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(fused_lm_head=True, estimator="sampled"), "does not combine with estimator='sampled'"),
-    (dict(fused_lm_head=True, teacher_top_k=4), "does not combine with estimator='sampled' or teacher_top_k"),
-    (dict(fused_lm_head="yes"), "fused_lm_head must be True or False"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(fused_lm_head=True, estimator="sampled"), "does not combine with estimator='sampled'"),
+        (
+            dict(fused_lm_head=True, teacher_top_k=4),
+            "does not combine with estimator='sampled' or teacher_top_k",
+        ),
+        (dict(fused_lm_head="yes"), "fused_lm_head must be True or False"),
+    ],
+)
 def test_fused_config_errors(kw, message):
     with pytest.raises(ConfigError, match=message):
         DistillConfig(**kw)
@@ -117,5 +130,10 @@ def test_fused_refuses_a_student_with_transformed_logits(char_tokenizer):
     student, teacher = _pair(char_tokenizer)
     student.config.logit_scale = 0.5
     with pytest.raises(ValueError, match="logit_scale=0.5"):
-        distill(student, teacher, char_tokenizer, DATA, DistillConfig(steps=1, batch_size=4, progress=False,
-                                                                     fused_lm_head=True))
+        distill(
+            student,
+            teacher,
+            char_tokenizer,
+            DATA,
+            DistillConfig(steps=1, batch_size=4, progress=False, fused_lm_head=True),
+        )

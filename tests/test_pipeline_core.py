@@ -26,7 +26,9 @@ PROMPTS = ["12+3=", "4+56=", "789+1=", "0+0="]
 
 def test_completion_mask_up_to_and_including_first_eos():
     eos, pad = 2, 0
-    ids = torch.tensor([[5, 6, eos, 7, eos], [5, 5, 5, 5, 5], [eos, pad, pad, pad, pad], [5, pad, eos, pad, pad]])
+    ids = torch.tensor(
+        [[5, 6, eos, 7, eos], [5, 5, 5, 5, 5], [eos, pad, pad, pad, pad], [5, pad, eos, pad, pad]]
+    )
     mask = completion_mask_from_ids(ids, [eos])
     assert mask.tolist() == [
         [True, True, True, False, False],
@@ -34,7 +36,9 @@ def test_completion_mask_up_to_and_including_first_eos():
         [True, False, False, False, False],
         [True, True, True, False, False],  # a sampled pad before EOS is a real token
     ]
-    assert completion_mask_from_ids(torch.tensor([[5, 3, 6, 2]]), [3, 2]).tolist() == [[True, True, False, False]]
+    assert completion_mask_from_ids(torch.tensor([[5, 3, 6, 2]]), [3, 2]).tolist() == [
+        [True, True, False, False]
+    ]
 
 
 def test_sample_layout_masks_and_texts(tiny_pair, char_tokenizer):
@@ -82,7 +86,9 @@ def test_sampling_logprobs_equal_a_direct_forward_at_temperature(tiny_pair, char
         r = sample(student, char_tokenizer, PROMPTS, n=2, max_new_tokens=6, temperature=temperature, seed=1)
         with torch.no_grad():
             logits = completion_logits(student, r)  # (B, T, V), left padding handled by position ids
-        direct = torch.log_softmax(logits / temperature, -1).gather(-1, r.completion_ids[..., None]).squeeze(-1)
+        direct = (
+            torch.log_softmax(logits / temperature, -1).gather(-1, r.completion_ids[..., None]).squeeze(-1)
+        )
         m = r.completion_mask
         assert torch.allclose(direct[m], r.sampling_logprobs[m], atol=1e-5)
 
@@ -220,7 +226,10 @@ def test_vocab_mismatch_is_a_clear_error(char_tokenizer):
     teacher = make_tiny_llama(len(char_tokenizer) + 3)
     assert check_vocab_compatible(student, teacher, char_tokenizer) == len(char_tokenizer)  # padded head: ok
     small = make_tiny_llama(len(char_tokenizer) - 2)
-    with pytest.raises(ValueError, match=rf"student has {len(char_tokenizer)} output logits, the teacher {len(char_tokenizer) - 2}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"student has {len(char_tokenizer)} output logits, the teacher {len(char_tokenizer) - 2}",
+    ):
         check_vocab_compatible(student, small, char_tokenizer)
 
 
@@ -265,7 +274,9 @@ def test_topk_loss_renormalises_over_the_teacher_support():
     assert torch.allclose(got.double(), want, atol=1e-6)
     # with k = V it is exactly the full divergence
     values_all, ids_all = torch.log_softmax(t, -1).topk(10, -1)
-    full_k = distillation_loss(s, TeacherScores("topk", torch.zeros(2, 3), topk_logprobs=values_all, topk_ids=ids_all), m)
+    full_k = distillation_loss(
+        s, TeacherScores("topk", torch.zeros(2, 3), topk_logprobs=values_all, topk_ids=ids_all), m
+    )
     assert torch.allclose(full_k, reverse_kl(s, t, m), atol=1e-6)
 
 
@@ -273,7 +284,11 @@ def test_sampled_scores_cannot_feed_the_full_estimator():
     from odistill.core.teacher import TeacherScores
 
     with pytest.raises(ValueError, match="sampled_token_loss"):
-        distillation_loss(torch.randn(1, 2, 3), TeacherScores("sampled", torch.zeros(1, 2)), torch.ones(1, 2, dtype=torch.bool))
+        distillation_loss(
+            torch.randn(1, 2, 3),
+            TeacherScores("sampled", torch.zeros(1, 2)),
+            torch.ones(1, 2, dtype=torch.bool),
+        )
 
 
 def test_sampled_token_loss_expected_gradient_is_the_reverse_kl_gradient():
@@ -330,8 +345,14 @@ def test_losses_backpropagate_into_the_student(tiny_pair, rollouts):
         if mode == "full":
             loss = distillation_loss(logits, scores, rollouts.completion_mask)
         else:
-            lp = torch.log_softmax(logits.float(), -1).gather(-1, rollouts.completion_ids[..., None]).squeeze(-1)
-            loss = sampled_token_loss(lp, scores.token_logprobs, rollouts.sampling_logprobs, rollouts.completion_mask)
+            lp = (
+                torch.log_softmax(logits.float(), -1)
+                .gather(-1, rollouts.completion_ids[..., None])
+                .squeeze(-1)
+            )
+            loss = sampled_token_loss(
+                lp, scores.token_logprobs, rollouts.sampling_logprobs, rollouts.completion_mask
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             loss.backward()

@@ -33,7 +33,9 @@ def logits_pairs(draw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(logits_pairs(), st.sampled_from(["forward_kl", "reverse_kl", "jsd"]), st.floats(0, 1), st.floats(0.25, 4))
+@given(
+    logits_pairs(), st.sampled_from(["forward_kl", "reverse_kl", "jsd"]), st.floats(0, 1), st.floats(0.25, 4)
+)
 def test_full_estimator_is_finite_nonnegative_with_finite_gradients(pair, divergence, beta, temperature):
     s, t, mask = pair
     s = s.clone().requires_grad_(True)
@@ -41,8 +43,9 @@ def test_full_estimator_is_finite_nonnegative_with_finite_gradients(pair, diverg
     assert torch.isfinite(loss) and loss.item() >= -1e-4
     (grad,) = torch.autograd.grad(loss, s)
     assert torch.isfinite(grad).all()
-    same = distillation_loss(s.detach(), s.detach().clone(), mask, divergence=divergence, beta=beta,
-                             temperature=temperature)
+    same = distillation_loss(
+        s.detach(), s.detach().clone(), mask, divergence=divergence, beta=beta, temperature=temperature
+    )
     assert abs(same.item()) < 1e-5
     if not mask.any():
         assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
@@ -93,6 +96,8 @@ def test_all_masked_batch_gives_zero_loss_and_zero_gradient_for_both_estimators(
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_sampled_loss_is_computed_in_float32(dtype):
     lp = torch.tensor([[-0.5, -1.25]], dtype=dtype, requires_grad=True)
-    loss = sampled_token_loss(lp, torch.tensor([[-0.25, -3.0]]), lp.detach(), torch.ones(1, 2, dtype=torch.bool))
+    loss = sampled_token_loss(
+        lp, torch.tensor([[-0.25, -3.0]]), lp.detach(), torch.ones(1, 2, dtype=torch.bool)
+    )
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(((-0.5 + 0.25) + (-1.25 + 3.0)) / 2, rel=1e-6)

@@ -21,8 +21,17 @@ def _models(tok):
 
 
 def _cfg(out, **kw):
-    base = dict(lmbda=0.5, steps=6, batch_size=8, max_new_tokens=5, lr=3e-3, progress=False, save_every=2,
-                output_dir=str(out), seed=5)
+    base = dict(
+        lmbda=0.5,
+        steps=6,
+        batch_size=8,
+        max_new_tokens=5,
+        lr=3e-3,
+        progress=False,
+        save_every=2,
+        output_dir=str(out),
+        seed=5,
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -53,7 +62,9 @@ def test_ctrl_c_saves_and_resume_reproduces_the_uninterrupted_run(char_tokenizer
     assert latest_checkpoint(tmp_path / "cut").name == f"checkpoint-{stop_at:06d}"
 
     student, teacher = _models(char_tokenizer)  # a fresh process would start from scratch weights
-    resumed = distill(student, teacher, char_tokenizer, DATA, _cfg(tmp_path / "cut"), resume_from=tmp_path / "cut")
+    resumed = distill(
+        student, teacher, char_tokenizer, DATA, _cfg(tmp_path / "cut"), resume_from=tmp_path / "cut"
+    )
     assert _numbers(resumed.history) == _numbers(full.history)
     for a, b in zip(final_weights, resumed.student.parameters(), strict=True):
         assert torch.equal(a, b)

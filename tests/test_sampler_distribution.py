@@ -122,14 +122,17 @@ def _sparse_probs(vocab: int, positions: list[int], seed: int) -> torch.Tensor:
     return probs
 
 
-@pytest.mark.parametrize("vocab, positions, scale", [
-    # mass on both sides of every block boundary (256, 512, 768), whole blocks empty, the last real entry
-    (1000, [0, 255, 256, 257, 511, 512, 767, 768, 998, 999], 1.0),
-    # one block only, the padded tail of the last block, an unnormalised total
-    (300, [3, 100, 255, 256, 299], 3.0),
-    # most blocks empty, mass in the first and the last
-    (5000, [1, 2, 4990, 4999], 0.2),
-])
+@pytest.mark.parametrize(
+    "vocab, positions, scale",
+    [
+        # mass on both sides of every block boundary (256, 512, 768), whole blocks empty, the last real entry
+        (1000, [0, 255, 256, 257, 511, 512, 767, 768, 998, 999], 1.0),
+        # one block only, the padded tail of the last block, an unnormalised total
+        (300, [3, 100, 255, 256, 299], 3.0),
+        # most blocks empty, mass in the first and the last
+        (5000, [1, 2, 4990, 4999], 0.2),
+    ],
+)
 def test_two_level_draw_frequencies_across_block_boundaries(vocab, positions, scale):
     from odistill.core.sampler import inverse_cdf_draw
 
@@ -139,7 +142,9 @@ def test_two_level_draw_frequencies_across_block_boundaries(vocab, positions, sc
     tokens = inverse_cdf_draw(probs.expand(rows, -1).contiguous()).squeeze(1)
     counts = torch.bincount(tokens, minlength=vocab)
     want = probs.double() / probs.double().sum()
-    assert counts[want == 0].sum() == 0, f"drew tokens of probability 0: {torch.nonzero(counts * (want == 0))[:5]}"
+    assert counts[want == 0].sum() == 0, (
+        f"drew tokens of probability 0: {torch.nonzero(counts * (want == 0))[:5]}"
+    )
     stat, df = _chi_square(counts, want)
     assert stat < _bound(df), (stat, df)
 

@@ -52,9 +52,13 @@ def test_a_teacher_that_is_not_a_module_trains_exactly_like_the_model(char_token
         student, teacher = make_tiny_llama(v, seed=0), make_tiny_llama(v, seed=1, hidden=48)
         given = _ElsewhereTeacher(teacher, v) if wrap else teacher
         result = distill(student, given, char_tokenizer, DATA, _cfg(estimator=estimator))
-        runs.append(([r["loss"] for r in result.history], [p.detach().clone() for p in result.student.parameters()]))
+        runs.append(
+            ([r["loss"] for r in result.history], [p.detach().clone() for p in result.student.parameters()])
+        )
         if wrap:
-            assert isinstance(given, Teacher) and set(given.calls) == {"full" if estimator == "full" else "sampled"}
+            assert isinstance(given, Teacher) and set(given.calls) == {
+                "full" if estimator == "full" else "sampled"
+            }
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
 
@@ -64,7 +68,9 @@ def test_a_remote_style_teacher_is_checked_before_training(char_tokenizer):
     student, teacher = make_tiny_llama(v, seed=0), make_tiny_llama(v, seed=1)
     with pytest.raises(TypeError, match="has no sample\\(\\), which this config needs \\(seq_kd=True\\)"):
         distill(student, _ElsewhereTeacher(teacher, v), char_tokenizer, DATA, _cfg(lmbda=0.0, seq_kd=True))
-    with pytest.raises(ValueError, match="vocabularies differ: the student has 16 output logits, the teacher 10"):
+    with pytest.raises(
+        ValueError, match="vocabularies differ: the student has 16 output logits, the teacher 10"
+    ):
         distill(student, _ElsewhereTeacher(teacher, 10), char_tokenizer, DATA, _cfg())
     with pytest.raises(TypeError, match="neither a torch.nn.Module nor a Teacher"):
         distill(student, object(), char_tokenizer, DATA, _cfg())
@@ -72,10 +78,16 @@ def test_a_remote_style_teacher_is_checked_before_training(char_tokenizer):
 
 def test_every_registered_divergence_reaches_the_loss_config_and_cli():
     g = torch.Generator().manual_seed(0)
-    s, t = torch.randn(2, 3, 9, generator=g, dtype=torch.float64), torch.randn(2, 3, 9, generator=g, dtype=torch.float64)
+    s, t = (
+        torch.randn(2, 3, 9, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 9, generator=g, dtype=torch.float64),
+    )
     mask = torch.tensor([[True, True, False], [True, False, True]])
-    distill_action = next(a for a in build_parser()._subparsers._group_actions[0].choices["distill"]._actions
-                          if a.dest == "divergence")
+    distill_action = next(
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices["distill"]._actions
+        if a.dest == "divergence"
+    )
     assert set(distill_action.choices) == set(DIVERGENCES)
     for name, spec in DIVERGENCES.items():
         params = {} if spec.param is None else {spec.param: 0.3}
@@ -104,16 +116,23 @@ def test_each_config_field_has_its_help_once_and_the_cli_shows_it():
 
 
 def test_distill_help_runs_as_a_module():
-    out = subprocess.run([sys.executable, "-m", "odistill.cli", "distill", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "odistill.cli", "distill", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "--divergence" in out.stdout and "DistillConfig: sampling" in out.stdout
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_schedules_match_their_formula_and_the_scheduler(name):
     total, warmup = 10, 3
-    formula = {"constant": lambda p: 1.0, "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
-               "linear": lambda p: 1 - p}[name]
-    expected = [(s + 1) / warmup if s < warmup else formula((s - warmup) / (total - warmup)) for s in range(total)]
+    formula = {
+        "constant": lambda p: 1.0,
+        "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+        "linear": lambda p: 1 - p,
+    }[name]
+    expected = [
+        (s + 1) / warmup if s < warmup else formula((s - warmup) / (total - warmup)) for s in range(total)
+    ]
     got = [lr_factor(name, s, total, warmup) for s in range(total)]
     assert got == pytest.approx(expected, abs=1e-12)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
@@ -143,8 +162,15 @@ def test_jsonl_logger_writes_every_history_row(char_tokenizer, tmp_path):
     v = len(char_tokenizer)
     student, teacher = make_tiny_llama(v, seed=0), make_tiny_llama(v, seed=1)
     seen = []
-    result = distill(student, teacher, char_tokenizer, DATA, _cfg(report_to=["jsonl"], output_dir=str(tmp_path)),
-                     eval_fn=lambda m: {"x": 1.0}, callback=seen.append)
+    result = distill(
+        student,
+        teacher,
+        char_tokenizer,
+        DATA,
+        _cfg(report_to=["jsonl"], output_dir=str(tmp_path)),
+        eval_fn=lambda m: {"x": 1.0},
+        callback=seen.append,
+    )
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [r["step"] for r in result.history] == [0, 1, 2, 3, 4]
     assert rows[1]["loss"] == pytest.approx(result.history[1]["loss"]) and rows[0]["eval/x"] == 1.0
@@ -173,8 +199,12 @@ def test_evaluation_measures_with_the_training_sampler():
 
     model, tok = load_model("permutations-teacher")
     prompts = ["cab:", "dcab:", "ba:"]
-    texts = generate_completions(model, tok, prompts, max_new_tokens=6, temperature=1.0, num_samples=3, seed=7)
-    rollouts = sample(model, tok, prompts, n=3, max_new_tokens=6, temperature=1.0, seed=7, keep_special_tokens=True)
+    texts = generate_completions(
+        model, tok, prompts, max_new_tokens=6, temperature=1.0, num_samples=3, seed=7
+    )
+    rollouts = sample(
+        model, tok, prompts, n=3, max_new_tokens=6, temperature=1.0, seed=7, keep_special_tokens=True
+    )
     assert [t for group in texts for t in group] == rollouts.texts
 
 

@@ -54,7 +54,9 @@ def test_dataset_columns_and_chat_messages(name):
 def test_train_and_test_prompts_never_overlap(name):
     task = get_task(name)
     train = set(task.make_dataset(3000, seed=0, split="train")["prompt"])
-    test = set(task.make_dataset(500, seed=0, split="test")["prompt"]) | set(task.sample_prompts(500, seed=7, split="test"))
+    test = set(task.make_dataset(500, seed=0, split="test")["prompt"]) | set(
+        task.sample_prompts(500, seed=7, split="test")
+    )
     assert not train & test
     assert all(split_of(p) == "train" for p in train) and all(split_of(p) == "test" for p in test)
     with pytest.raises(ValueError, match="split"):

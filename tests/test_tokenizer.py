@@ -23,7 +23,9 @@ def test_vocabulary_is_specials_then_sorted_symbols(tok):
     assert [vocab[t] for t in ("<pad>", "<bos>", "<eos>", "<unk>")] == [0, 1, 2, 3]
     assert len(tok) == 4 + len(SYMBOLS)
     assert sorted(vocab, key=vocab.get)[4:] == sorted(SYMBOLS)
-    assert build_char_tokenizer(SYMBOLS[::-1] + "00").get_vocab() == vocab  # order and duplicates don't matter
+    assert (
+        build_char_tokenizer(SYMBOLS[::-1] + "00").get_vocab() == vocab
+    )  # order and duplicates don't matter
     assert tok.pad_token_id != tok.eos_token_id
     assert (tok.pad_token, tok.bos_token, tok.eos_token, tok.unk_token) == tuple(SPECIAL_TOKENS.values())
 
@@ -70,7 +72,12 @@ def test_save_load_round_trip_is_exact(name, tmp_path):
     assert loaded.get_vocab() == tok.get_vocab()
     assert loaded.padding_side == "left"
     assert loaded.chat_template == tok.chat_template
-    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id, loaded.unk_token_id) == (0, 1, 2, 3)
+    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id, loaded.unk_token_id) == (
+        0,
+        1,
+        2,
+        3,
+    )
     prompts = list(task.make_dataset(5, seed=0)["prompt"])
     assert loaded(prompts, padding=True)["input_ids"] == tok(prompts, padding=True)["input_ids"]
 

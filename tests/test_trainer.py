@@ -79,8 +79,13 @@ def test_dataset_completions_are_used_verbatim_off_policy(char_tokenizer, monkey
 @pytest.mark.parametrize("estimator", ["full", "sampled"])
 def test_on_policy_distillation_reduces_reverse_kl(char_tokenizer, estimator):
     student, teacher = _pair(char_tokenizer)
-    result = distill(student, teacher, char_tokenizer, DATA,
-                     _cfg(lmbda=1.0, estimator=estimator, steps=60, batch_size=16, lr=1e-2))
+    result = distill(
+        student,
+        teacher,
+        char_tokenizer,
+        DATA,
+        _cfg(lmbda=1.0, estimator=estimator, steps=60, batch_size=16, lr=1e-2),
+    )
     rkl = [r["reverse_kl"] for r in result.history]
     first, last = sum(rkl[:8]) / 8, sum(rkl[-8:]) / 8
     assert last < 0.5 * first, (first, last)
@@ -88,7 +93,9 @@ def test_on_policy_distillation_reduces_reverse_kl(char_tokenizer, estimator):
 
 def test_off_policy_forward_kl_reduces_loss(char_tokenizer):
     student, teacher = _pair(char_tokenizer)
-    result = distill(student, teacher, char_tokenizer, DATA, _cfg(lmbda=0.0, beta=0.0, steps=40, batch_size=16, lr=1e-2))
+    result = distill(
+        student, teacher, char_tokenizer, DATA, _cfg(lmbda=0.0, beta=0.0, steps=40, batch_size=16, lr=1e-2)
+    )
     loss = [r["loss"] for r in result.history]
     assert sum(loss[-8:]) / 8 < 0.7 * sum(loss[:8]) / 8
 
@@ -142,8 +149,14 @@ def test_non_finite_step_is_skipped_and_not_applied(char_tokenizer):
     student.lm_head.register_forward_hook(poison)
     snapshots = []
     with pytest.warns(RuntimeWarning, match="step 3: the loss or its gradient is not finite"):
-        result = distill(student, teacher, char_tokenizer, DATA, _cfg(lmbda=0.0, steps=5),
-                         callback=lambda row: snapshots.append(student.lm_head.weight.detach().clone()))
+        result = distill(
+            student,
+            teacher,
+            char_tokenizer,
+            DATA,
+            _cfg(lmbda=0.0, steps=5),
+            callback=lambda row: snapshots.append(student.lm_head.weight.detach().clone()),
+        )
     assert [r["skipped"] for r in result.history] == [False, False, True, False, False]
     assert result.skipped_steps == 1
     assert torch.equal(snapshots[1], snapshots[2])  # the poisoned step changed nothing
@@ -197,8 +210,17 @@ def test_off_policy_without_completions_is_a_clear_error(char_tokenizer):
 def test_chat_messages_dataset_works(char_tokenizer):
     from datasets import Dataset
 
-    ds = Dataset.from_list([{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}]}
-                            for r in DATA[:50]])
+    ds = Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": r["prompt"]},
+                    {"role": "assistant", "content": r["answer"]},
+                ]
+            }
+            for r in DATA[:50]
+        ]
+    )
     student, teacher = _pair(char_tokenizer)
     result = distill(student, teacher, char_tokenizer, ds, _cfg(lmbda=0.5, steps=4))
     assert len(result.history) == 4
@@ -253,7 +275,10 @@ def test_config_files_round_trip_and_bad_files(tmp_path):
 
 
 def test_describe_and_presets():
-    assert DistillConfig(lmbda=0.0, beta=0.0).describe() == "off-policy (λ=0) · forward KL (β=0) · full estimator"
+    assert (
+        DistillConfig(lmbda=0.0, beta=0.0).describe()
+        == "off-policy (λ=0) · forward KL (β=0) · full estimator"
+    )
     assert DistillConfig(lmbda=1.0, estimator="sampled").describe().startswith("on-policy (λ=1) · reverse KL")
     assert DistillConfig.preset("tiny-cpu", steps=3).steps == 3
     with pytest.raises(ConfigError, match="unknown preset"):

@@ -31,9 +31,13 @@ def _load_parser() -> argparse.ArgumentParser:
     try:
         parser = build_parser()
     except Exception as error:  # noqa: BLE001
-        raise ExtensionError(f"odistill.cli.build_parser() failed: {type(error).__name__}: {error}") from error
+        raise ExtensionError(
+            f"odistill.cli.build_parser() failed: {type(error).__name__}: {error}"
+        ) from error
     if not isinstance(parser, argparse.ArgumentParser):
-        raise ExtensionError(f"odistill.cli.build_parser() returned {type(parser).__name__}, not an ArgumentParser")
+        raise ExtensionError(
+            f"odistill.cli.build_parser() returned {type(parser).__name__}, not an ArgumentParser"
+        )
     return parser
 
 
@@ -80,7 +84,10 @@ def _cell(text: str) -> str:
 def _options_table(parser: argparse.ArgumentParser) -> list[str]:
     rows = []
     for action in parser._actions:
-        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or action.help == argparse.SUPPRESS:
+        if (
+            isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+            or action.help == argparse.SUPPRESS
+        ):
             continue
         if action.option_strings:
             name = ", ".join(f"`{s}`" for s in action.option_strings)
@@ -101,7 +108,9 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
             extra.append("choices: " + ", ".join(f"`{c}`" for c in action.choices))
         if action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0:
             extra.append(f"default: `{action.default}`")
-        rows.append(f"| {name} | {_cell(help_text)}{'<br>' if extra and help_text else ''}{_cell('; '.join(extra))} |")
+        rows.append(
+            f"| {name} | {_cell(help_text)}{'<br>' if extra and help_text else ''}{_cell('; '.join(extra))} |"
+        )
     if not rows:
         return []
     return ["| option | meaning |", "|---|---|", *rows, ""]
@@ -116,8 +125,8 @@ def render(parser: argparse.ArgumentParser) -> str:
         "",
         "# CLI reference",
         "",
-        f"The `{prog}` command is installed with the package (`pip install -e .` or `make demo`). This page is "
-        "generated from its argument parser at every docs build, so it is exactly what "
+        f"The `{prog}` command is installed with the package (`pip install -e .` or `make demo`). "
+        "This page is generated from its argument parser at every docs build, so it is exactly what "
         f"`{prog} --help` and `{prog} COMMAND --help` print.",
         "",
     ]

@@ -25,8 +25,12 @@ def _default(f):
 def render() -> str:
     from odistill.train.config import PRESETS, SECTIONS, DistillConfig, field_choices
 
-    lines = ["# DistillConfig fields", "",
-             "Generated from the fields' metadata (the same text as `odistill distill --help`).", ""]
+    lines = [
+        "# DistillConfig fields",
+        "",
+        "Generated from the fields' metadata (the same text as `odistill distill --help`).",
+        "",
+    ]
     for section in SECTIONS:
         lines += [f"## {section.capitalize()}", "", "| field | default | meaning |", "|---|---|---|"]
         for f in fields(DistillConfig):
@@ -37,14 +41,22 @@ def render() -> str:
             lines.append(f"| `{f.name}` | {_cell(_default(f))} | {f.metadata['help']}.{extra} |")
         lines.append("")
     defaults = DistillConfig()
-    lines += ["## Presets", "", "`DistillConfig.preset(name, **overrides)`; the fields each preset changes:", "",
-              "| field | default | " + " | ".join(f"`{name}`" for name in PRESETS) + " |",
-              "|---|---|" + "---|" * len(PRESETS)]
+    lines += [
+        "## Presets",
+        "",
+        "`DistillConfig.preset(name, **overrides)`; the fields each preset changes:",
+        "",
+        "| field | default | " + " | ".join(f"`{name}`" for name in PRESETS) + " |",
+        "|---|---|" + "---|" * len(PRESETS),
+    ]
     for f in fields(DistillConfig):
         values = [getattr(p, f.name) for p in PRESETS.values()]
         if any(v != getattr(defaults, f.name) for v in values):
-            lines.append(f"| `{f.name}` | {_cell(getattr(defaults, f.name))} | "
-                         + " | ".join(_cell(v) for v in values) + " |")
+            lines.append(
+                f"| `{f.name}` | {_cell(getattr(defaults, f.name))} | "
+                + " | ".join(_cell(v) for v in values)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

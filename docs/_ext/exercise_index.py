@@ -77,7 +77,9 @@ def render(notebook_dir: Path, link_prefix: str = "notebooks") -> str:
             continue
         target = f"{link_prefix}/{path.name}" + ("#exercises" if has_section else "")
         lines += [f"## {title}", ""]
-        lines += [f"* [{_link_text(text)}]({target})" for text in exercises] or [f"* [the exercises]({target})"]
+        lines += [f"* [{_link_text(text)}]({target})" for text in exercises] or [
+            f"* [the exercises]({target})"
+        ]
         lines.append("")
     extra = sorted((notebook_dir / "exercises").glob("**/*.ipynb"))
     if extra:

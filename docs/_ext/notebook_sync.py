@@ -32,7 +32,11 @@ def sync(source: Path, target: Path) -> None:
     files = {p.relative_to(source) for p in source.rglob("*") if p.is_file() and _wanted(p, source)}
     for rel in sorted(files):
         src, dst = source / rel, target / rel
-        if dst.is_file() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
+        if (
+            dst.is_file()
+            and dst.stat().st_size == src.stat().st_size
+            and dst.read_bytes() == src.read_bytes()
+        ):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
@@ -49,7 +53,9 @@ def _on_config_inited(app, config) -> None:
     if not source.is_dir():
         from sphinx.errors import ExtensionError
 
-        raise ExtensionError(f"notebook folder {source} not found (the docs render the repository's notebooks/)")
+        raise ExtensionError(
+            f"notebook folder {source} not found (the docs render the repository's notebooks/)"
+        )
     sync(source, Path(app.srcdir) / MIRROR)
 
 

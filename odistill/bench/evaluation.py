@@ -74,9 +74,18 @@ def generate_completions(
     texts: list[str] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for start in tqdm(range(0, len(prompts), per_call), desc="generate", disable=not progress, leave=False):
-            rollouts = sample(model, tokenizer, prompts[start : start + per_call], n=num_samples,
-                              max_new_tokens=max_new_tokens, temperature=float(temperature), keep_special_tokens=True)
+        for start in tqdm(
+            range(0, len(prompts), per_call), desc="generate", disable=not progress, leave=False
+        ):
+            rollouts = sample(
+                model,
+                tokenizer,
+                prompts[start : start + per_call],
+                n=num_samples,
+                max_new_tokens=max_new_tokens,
+                temperature=float(temperature),
+                keep_special_tokens=True,
+            )
             texts.extend(rollouts.texts)
     return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
 
@@ -127,8 +136,15 @@ def evaluate(
     task = get_task(task)
     start = time.perf_counter()
     prompts = task.sample_prompts(n, seed=seed, split=split)
-    common = {"max_new_tokens": task.max_new_tokens, "seed": seed, "batch_size": batch_size, "progress": progress}
-    completions = [c[0] for c in generate_completions(model, tokenizer, prompts, temperature=temperature, **common)]
+    common = {
+        "max_new_tokens": task.max_new_tokens,
+        "seed": seed,
+        "batch_size": batch_size,
+        "progress": progress,
+    }
+    completions = [
+        c[0] for c in generate_completions(model, tokenizer, prompts, temperature=temperature, **common)
+    ]
     scores = [task.score(p, c) for p, c in zip(prompts, completions, strict=True)]
     result = {
         "task": task.name,
@@ -142,7 +158,9 @@ def evaluate(
         samples = generate_completions(
             model, tokenizer, prompts, temperature=1.0, num_samples=samples_per_prompt, **common
         )
-        valid = [[s for s in group if task.score(p, s) == 1.0] for p, group in zip(prompts, samples, strict=True)]
+        valid = [
+            [s for s in group if task.score(p, s) == 1.0] for p, group in zip(prompts, samples, strict=True)
+        ]
         result["samples_per_prompt"] = samples_per_prompt
         result["sampled_validity"] = sum(map(len, valid)) / max(len(prompts) * samples_per_prompt, 1)
         result["distinct_valid"] = sum(len(set(v)) for v in valid) / max(len(prompts), 1)

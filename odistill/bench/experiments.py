@@ -20,7 +20,8 @@ __all__ = ["make_eval_fn", "run_distillation", "run_demo", "DEMO_METHODS", "form
 
 
 def make_eval_fn(task, tokenizer, *, n: int = 200, seed: int = 1234, samples_per_prompt: int | None = None):
-    """An ``eval_fn`` for :func:`~odistill.distill`: greedy accuracy (and sampled validity) on held-out prompts."""
+    """An ``eval_fn`` for :func:`~odistill.distill`: greedy accuracy (and sampled validity) on held-out
+    prompts."""
     task = get_task(task)
 
     def eval_fn(model) -> dict:
@@ -62,25 +63,46 @@ def run_distillation(
         seconds_per_step, history`` (per-step rows).
     """
     with cpu_threads(threads):
-        return _run_distillation(get_task(task), config or DistillConfig(), student, teacher, eval_n, final_eval_n,
-                                 samples_per_prompt, resume_from)
+        return _run_distillation(
+            get_task(task),
+            config or DistillConfig(),
+            student,
+            teacher,
+            eval_n,
+            final_eval_n,
+            samples_per_prompt,
+            resume_from,
+        )
 
 
-def _run_distillation(task_obj, config, student, teacher, eval_n, final_eval_n, samples_per_prompt, resume_from):
+def _run_distillation(
+    task_obj, config, student, teacher, eval_n, final_eval_n, samples_per_prompt, resume_from
+):
     if config.max_new_tokens == DistillConfig.max_new_tokens:
         config = replace(config, max_new_tokens=task_obj.max_new_tokens)
     student_model, tokenizer = load_model(student or f"{task_obj.name}-student")
     teacher_model, _ = load_model(teacher or f"{task_obj.name}-teacher")
 
     def measure(model):
-        r = evaluate(model, tokenizer, task_obj, n=final_eval_n, seed=4321, samples_per_prompt=samples_per_prompt)
+        r = evaluate(
+            model, tokenizer, task_obj, n=final_eval_n, seed=4321, samples_per_prompt=samples_per_prompt
+        )
         return r["accuracy"], r.get("sampled_validity")
 
     teacher_acc, teacher_sampled = measure(teacher_model)
     before_acc, before_sampled = measure(student_model)
-    eval_fn = make_eval_fn(task_obj, tokenizer, n=eval_n) if config.eval_every else None  # before/after: measure()
-    result = distill(student_model, teacher_model, tokenizer, task_obj.make_dataset(4000, seed=config.seed), config,
-                     eval_fn=eval_fn, resume_from=resume_from)
+    eval_fn = (
+        make_eval_fn(task_obj, tokenizer, n=eval_n) if config.eval_every else None
+    )  # before/after: measure()
+    result = distill(
+        student_model,
+        teacher_model,
+        tokenizer,
+        task_obj.make_dataset(4000, seed=config.seed),
+        config,
+        eval_fn=eval_fn,
+        resume_from=resume_from,
+    )
     after_acc, after_sampled = measure(result.student)
     return {
         "task": task_obj.name,
@@ -118,13 +140,26 @@ def format_table(rows: list[dict]) -> str:
             f"{(sampled if sampled is not None else float('nan')):>13.3f} {r['seconds_per_step']:>7.3f}"
         )
     t = rows[0]
-    lines.append(f"{'teacher':<36} {'':>13} {t['teacher_accuracy']:>12.3f} {t['teacher_sampled'] or float('nan'):>13.3f}")
+    lines.append(
+        f"{'teacher':<36} {'':>13} {t['teacher_accuracy']:>12.3f} "
+        f"{t['teacher_sampled'] or float('nan'):>13.3f}"
+    )
     return "\n".join(lines)
 
 
-def run_demo(task: str = "addition", *, steps: int = 250, seed: int = 0, out_dir: str | Path = "odistill_demo",
-             batch_size: int = 64, lr: float = 1e-3, lr_schedule: str = "cosine", eval_every: int = 25,
-             progress: bool = True, threads: int | None = None) -> dict:
+def run_demo(
+    task: str = "addition",
+    *,
+    steps: int = 250,
+    seed: int = 0,
+    out_dir: str | Path = "odistill_demo",
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    lr_schedule: str = "cosine",
+    eval_every: int = 25,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict:
     """Off-policy forward KL vs on-policy reverse KL at equal student steps: a table and a plot.
 
     Both runs start from the same shipped warm-started student and the same teacher, with the same
@@ -135,8 +170,16 @@ def run_demo(task: str = "addition", *, steps: int = 250, seed: int = 0, out_dir
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, kw in DEMO_METHODS.items():
-        config = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, eval_every=eval_every,
-                               seed=seed, progress=progress, **kw)
+        config = DistillConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            lr_schedule=lr_schedule,
+            eval_every=eval_every,
+            seed=seed,
+            progress=progress,
+            **kw,
+        )
         run = run_distillation(task, config=config, threads=threads)
         run["name"] = name
         rows.append(run)
@@ -157,9 +200,16 @@ def _plot_runs(rows: list[dict], path: Path, *, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for r in rows:
         evals = [h for h in r["history"] if "eval/accuracy" in h]
-        ax.plot([h["step"] for h in evals], [h["eval/accuracy"] for h in evals], marker="o", ms=3, label=r["name"])
+        ax.plot(
+            [h["step"] for h in evals], [h["eval/accuracy"] for h in evals], marker="o", ms=3, label=r["name"]
+        )
     ax.axhline(rows[0]["teacher_accuracy"], color="gray", ls="--", lw=1, label="teacher")
-    ax.set(xlabel="student optimizer step", ylabel="greedy accuracy (held-out prompts)", title=title, ylim=(0, 1.02))
+    ax.set(
+        xlabel="student optimizer step",
+        ylabel="greedy accuracy (held-out prompts)",
+        title=title,
+        ylim=(0, 1.02),
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

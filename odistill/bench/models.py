@@ -98,7 +98,9 @@ def count_parameters(model: torch.nn.Module) -> int:
 def _make_config(size: str | dict, vocab_size: int, *, arch: str, max_positions: int, special_ids: dict):
     if isinstance(size, str):
         if size not in MODEL_SIZES:
-            raise ValueError(f"unknown model size {size!r}; the sizes are {sorted(MODEL_SIZES)} (or pass a config)")
+            raise ValueError(
+                f"unknown model size {size!r}; the sizes are {sorted(MODEL_SIZES)} (or pass a config)"
+            )
         size = MODEL_SIZES[size]
     missing = {"layers", "hidden", "heads", "mlp"} - set(size)
     if missing:
@@ -170,7 +172,8 @@ def build_model(
 
 
 def list_shipped() -> list[str]:
-    """Names of the checkpoints shipped inside the package, e.g. ``["addition-student", "addition-teacher"]``."""
+    """Names of the checkpoints shipped inside the package, e.g.
+    ``["addition-student", "addition-teacher"]``."""
     if not CHECKPOINT_DIR.is_dir():
         return []
     return sorted(d.name for d in CHECKPOINT_DIR.iterdir() if (d / "config.json").is_file())
@@ -193,7 +196,8 @@ def _resolve(name_or_path: str | os.PathLike) -> str:
     if looks_like_hub_id:
         return text
     raise FileNotFoundError(
-        f"no model called {text!r}: it is not a shipped checkpoint ({', '.join(list_shipped()) or 'none built'}), "
+        f"no model called {text!r}: it is not a shipped checkpoint "
+        f"({', '.join(list_shipped()) or 'none built'}), "
         "not an existing local folder, and not a hub id of the form 'organisation/name'. "
         "Rebuild the shipped checkpoints with `bash scripts/build_checkpoints.sh` if they are missing."
     )
@@ -230,18 +234,22 @@ def load_model(
         if Path(path).is_dir():
             raise
         raise FileNotFoundError(
-            f"could not load {path!r}: it is not a shipped checkpoint ({', '.join(list_shipped())}) or a local "
-            f"folder, and loading it from the Hugging Face hub failed ({error}). Check the name, your network, "
-            "or HF_HUB_OFFLINE."
+            f"could not load {path!r}: it is not a shipped checkpoint ({', '.join(list_shipped())}) "
+            f"or a local folder, and loading it from the Hugging Face hub failed ({error}). "
+            "Check the name, your network, or HF_HUB_OFFLINE."
         ) from error
-    if tokenizer.pad_token is None:  # many hub models have none: pad with EOS (masks keep padding out of losses)
+    if (
+        tokenizer.pad_token is None
+    ):  # many hub models have none: pad with EOS (masks keep padding out of losses)
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model = model.to(resolve_device(device)).eval()
     return model, tokenizer
 
 
-def save_checkpoint(model, tokenizer, out_dir, *, dtype: torch.dtype | None = torch.bfloat16, metadata=None) -> Path:
+def save_checkpoint(
+    model, tokenizer, out_dir, *, dtype: torch.dtype | None = torch.bfloat16, metadata=None
+) -> Path:
     """Save ``model`` and ``tokenizer`` to ``out_dir`` (``save_pretrained``), optionally cast to ``dtype``.
 
     The folder is written atomically (:func:`odistill.train.checkpoint.write_dir_atomically`): an existing
@@ -262,7 +270,8 @@ def save_checkpoint(model, tokenizer, out_dir, *, dtype: torch.dtype | None = to
 
 
 def read_metadata(name_or_path: str | os.PathLike) -> dict:
-    """The ``odistill.json`` of a shipped name or local folder (``{}`` when there is none, e.g. hub models)."""
+    """The ``odistill.json`` of a shipped name or local folder (``{}`` when there is none, e.g. hub
+    models)."""
     try:
         path = Path(_resolve(name_or_path))
     except FileNotFoundError:

@@ -100,8 +100,9 @@ def train_sft(
     """Train ``model`` in place on ``dataset`` (columns ``prompt``, ``answer``, optional ``loss_start``).
 
     AdamW with a linear warm-up then a schedule of :mod:`odistill.train.schedules` (cosine decay to 0
-    by default), gradient clipping, one batch of ``batch_size`` rows per step. Batches walk through a seeded shuffle of the dataset and reshuffle when they run out
-    (pass ``steps * batch_size`` rows to see each row once).
+    by default), gradient clipping, one batch of ``batch_size`` rows per step. Batches walk through a
+    seeded shuffle of the dataset and reshuffle when they run out (pass ``steps * batch_size`` rows to
+    see each row once).
 
     Args:
         model: a causal LM (``transformers`` ``PreTrainedModel``).
@@ -181,8 +182,19 @@ def train_sft(
     return history
 
 
-def train_checkpoint(task_name: str, out_dir: str | Path, *, student: bool = False, seed=None, steps=None, size=None,
-                     lr=None, eval_n: int = 500, threads=None, progress: bool = True) -> dict:
+def train_checkpoint(
+    task_name: str,
+    out_dir: str | Path,
+    *,
+    student: bool = False,
+    seed=None,
+    steps=None,
+    size=None,
+    lr=None,
+    eval_n: int = 500,
+    threads=None,
+    progress: bool = True,
+) -> dict:
     """Train a task's teacher (or warm-started student) from scratch with its recipe and save it.
 
     The recipe (model size, steps, learning rate, batch size, seed) is ``task.teacher_recipe`` or
@@ -201,11 +213,23 @@ def train_checkpoint(task_name: str, out_dir: str | Path, *, student: bool = Fal
     tokenizer = build_char_tokenizer(task.symbols)
     model = build_model(size, tokenizer=tokenizer, seed=seed)
     data = task.make_sft_dataset(steps * recipe.batch_size, seed=seed, role=role)
-    print(f"[train] {task.name} {role}: size {size} ({count_parameters(model):,} parameters), "
-          f"{steps} steps × batch {recipe.batch_size}, lr {lr}, seed {seed}", file=sys.stderr)
+    print(
+        f"[train] {task.name} {role}: size {size} ({count_parameters(model):,} parameters), "
+        f"{steps} steps × batch {recipe.batch_size}, lr {lr}, seed {seed}",
+        file=sys.stderr,
+    )
     with cpu_threads(threads):
-        history = train_sft(model, tokenizer, data, steps=steps, lr=lr, batch_size=recipe.batch_size,
-                            seed=seed, schedule=recipe.schedule, progress=progress)
+        history = train_sft(
+            model,
+            tokenizer,
+            data,
+            steps=steps,
+            lr=lr,
+            batch_size=recipe.batch_size,
+            seed=seed,
+            schedule=recipe.schedule,
+            progress=progress,
+        )
     out = save_checkpoint(model, tokenizer, out_dir, dtype=torch.bfloat16)  # score what was saved:
     saved, saved_tokenizer = load_model(out)
     scores = evaluate(saved, saved_tokenizer, task, n=eval_n, seed=0, progress=progress)
@@ -224,7 +248,8 @@ def train_checkpoint(task_name: str, out_dir: str | Path, *, student: bool = Fal
         "final_loss": round(sum(history["loss"][-20:]) / len(history["loss"][-20:]), 5),
         "eval": {k: v for k, v in scores.items() if k not in ("examples", "seconds")},
         "command": f"odistill train-teacher --task {task.name} --out DIR --seed {seed} --steps {steps}"
-        + f" --size {size} --lr {lr}" + (" --student" if student else ""),
+        + f" --size {size} --lr {lr}"
+        + (" --student" if student else ""),
     }
     save_checkpoint(saved, saved_tokenizer, out, dtype=torch.bfloat16, metadata=metadata)
     return metadata

@@ -44,7 +44,9 @@ def _as_tensor(value, name: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise ExerciseError(f"{name} should return a torch.Tensor, got {type(value).__name__}")
     if not torch.isfinite(value).all():
-        raise ExerciseError(f"{name} returned NaN or inf values. Hint: use log_softmax (not log(softmax)) for stability.")
+        raise ExerciseError(
+            f"{name} returned NaN or inf values. Hint: use log_softmax (not log(softmax)) for stability."
+        )
     return value
 
 
@@ -65,12 +67,23 @@ def check_reverse_kl(fn) -> str:
         if _close(got, want):
             continue
         if _close(got, forward_kl(s, t, reduction="none")):
-            raise ExerciseError("this is forward KL, KL(p_T ‖ p_S). Reverse KL weights by the *student*: Σ p_S (log p_S − log p_T).")
+            raise ExerciseError(
+                "this is forward KL, KL(p_T ‖ p_S). "
+                "Reverse KL weights by the *student*: Σ p_S (log p_S − log p_T)."
+            )
         if _close(got, -want):
-            raise ExerciseError("the sign is flipped: KL(p_S ‖ p_T) = Σ p_S (log p_S − log p_T) is never negative.")
+            raise ExerciseError(
+                "the sign is flipped: KL(p_S ‖ p_T) = Σ p_S (log p_S − log p_T) is never negative."
+            )
         if i == 2:
-            raise ExerciseError("correct for moderate logits but not for large ones (±100). Hint: torch.log_softmax is stable; log(softmax(x)) underflows.")
-        raise ExerciseError("the values differ from KL(p_S ‖ p_T). Hint: p_S = softmax(student_logits) over the last dimension.")
+            raise ExerciseError(
+                "correct for moderate logits but not for large ones (±100). "
+                "Hint: torch.log_softmax is stable; log(softmax(x)) underflows."
+            )
+        raise ExerciseError(
+            "the values differ from KL(p_S ‖ p_T). "
+            "Hint: p_S = softmax(student_logits) over the last dimension."
+        )
     return "reverse KL: correct on 4 random cases, large logits included. Well done!"
 
 
@@ -82,17 +95,23 @@ def check_k3(fn) -> str:
     got = _as_tensor(fn(lp.clone(), lq.clone()), "your function")
     want = kl_k3(lp, lq, reduction="none")
     if got.shape != want.shape:
-        raise ExerciseError(f"expected one estimate per sample, shape {tuple(want.shape)}, got {tuple(got.shape)}")
+        raise ExerciseError(
+            f"expected one estimate per sample, shape {tuple(want.shape)}, got {tuple(got.shape)}"
+        )
     if _close(got, want, 1e-6):
         if (got < 0).any():
             raise ExerciseError("k3 must be non-negative for every sample")
         return "k3: correct — unbiased, and never negative. Well done!"
     if _close(got, kl_k1(lp, lq, reduction="none"), 1e-6):
-        raise ExerciseError("this is k1 = log p − log q. k3 adds the zero-mean control variate (r − 1), with r = q/p.")
+        raise ExerciseError(
+            "this is k1 = log p − log q. k3 adds the zero-mean control variate (r − 1), with r = q/p."
+        )
     if _close(got, kl_k2(lp, lq, reduction="none"), 1e-6):
         raise ExerciseError("this is k2 = ½ (log r)². k3 is (r − 1) − log r, with r = q(x)/p(x).")
     if _close(got, kl_k3(lq, lp, reduction="none"), 1e-6):
-        raise ExerciseError("the ratio is upside down: r = q(x)/p(x) (target over sampler), since x was drawn from p.")
+        raise ExerciseError(
+            "the ratio is upside down: r = q(x)/p(x) (target over sampler), since x was drawn from p."
+        )
     raise ExerciseError("not k3 yet. With log r = log q − log p: k3 = exp(log r) − 1 − log r.")
 
 
@@ -111,24 +130,35 @@ def check_is_loss(fn) -> str:
         raise ExerciseError("the loss must be a scalar tensor (average over the counted tokens)")
     want = sampled_token_loss(ref, teacher, q, mask)
     if not got.requires_grad:
-        raise ExerciseError("the loss has no gradient. Hint: the ratio exp(log p_θ − log q) must keep log p_θ's gradient.")
+        raise ExerciseError(
+            "the loss has no gradient. Hint: the ratio exp(log p_θ − log q) must keep log p_θ's gradient."
+        )
     (g_mine,) = torch.autograd.grad(got, mine)
     (g_ref,) = torch.autograd.grad(want, ref)
     if _close(g_mine, g_ref, 1e-6) and math.isclose(got.item(), want.item(), rel_tol=1e-6, abs_tol=1e-9):
         return "importance-sampling loss: value and gradient match. Well done!"
     if _close(g_mine, -g_ref, 1e-6):
-        raise ExerciseError("the gradient points the wrong way: the loss is −ratio·A with A = −(log p_S − log p_T).")
+        raise ExerciseError(
+            "the gradient points the wrong way: the loss is −ratio·A with A = −(log p_S − log p_T)."
+        )
     if (g_mine[~mask] != 0).any():
-        raise ExerciseError("masked tokens (prompt/padding) receive gradient. Hint: average only where mask is True.")
+        raise ExerciseError(
+            "masked tokens (prompt/padding) receive gradient. Hint: average only where mask is True."
+        )
     if _close(got.detach(), want.detach(), 1e-6):
-        raise ExerciseError("the value is right but the gradient is not. Did you detach the advantage "
-                            "A = −(log p_S − log p_T)? It is a reward signal, not something to differentiate.")
-    raise ExerciseError("not the IS loss yet: per token −exp(log p_θ − log q) · A with A = −(log p_θ − log p_T).detach(), "
-                        "averaged over the counted tokens.")
+        raise ExerciseError(
+            "the value is right but the gradient is not. Did you detach the advantage "
+            "A = −(log p_S − log p_T)? It is a reward signal, not something to differentiate."
+        )
+    raise ExerciseError(
+        "not the IS loss yet: per token −exp(log p_θ − log q) · A with A = −(log p_θ − log p_T).detach(), "
+        "averaged over the counted tokens."
+    )
 
 
 def check_lambda_schedule(fn, total_steps: int = 100) -> str:
-    """Exercise 4: ``fn(step, total_steps) -> λ``: start off-policy (λ=0), end on-policy (λ=1), never decrease."""
+    """Exercise 4: ``fn(step, total_steps) -> λ``: start off-policy (λ=0), end on-policy (λ=1), never
+    decrease."""
     values = [fn(s, total_steps) for s in range(total_steps + 1)]
     for s, v in enumerate(values):
         if not isinstance(v, int | float) or math.isnan(v):
@@ -154,12 +184,12 @@ DIAGNOSIS_CHOICES = {
 }
 
 _DIAGNOSIS_FEEDBACK = {
-    "a": "A small learning rate makes progress slow, but here the loss falls quickly — the student learns fast. "
-         "Learns *what*? Look at what the loss is measured against.",
+    "a": "A small learning rate makes progress slow, but here the loss falls quickly — "
+    "the student learns fast. Learns *what*? Look at what the loss is measured against.",
     "c": "The direction of the KL changes how the student spreads its mass, but either direction would make "
-         "the student match a good teacher. Why is matching not helping?",
+    "the student match a good teacher. Why is matching not helping?",
     "d": "A high temperature makes samples noisy, but the greedy accuracy of a student that matches a good "
-         "teacher would still rise. Compare the teacher's own accuracy to the student's.",
+    "teacher would still rise. Compare the teacher's own accuracy to the student's.",
 }
 
 
@@ -169,6 +199,8 @@ def check_diagnosis(answer: str) -> str:
     if key not in DIAGNOSIS_CHOICES:
         raise ExerciseError(f"answer with one of the letters {sorted(DIAGNOSIS_CHOICES)}")
     if key == "b":
-        return ("Right: the loss (KL to the 'teacher') is almost 0 from the start and accuracy stays flat, because "
-                "the 'teacher' is the student itself. Always evaluate the teacher first.")
+        return (
+            "Right: the loss (KL to the 'teacher') is almost 0 from the start and accuracy stays flat, "
+            "because the 'teacher' is the student itself. Always evaluate the teacher first."
+        )
     raise ExerciseError(_DIAGNOSIS_FEEDBACK[key])

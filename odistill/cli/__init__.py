@@ -36,8 +36,9 @@ COMMANDS = (demo, distill, train_teacher, eval_command)
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``odistill`` argument parser with every subcommand (the CLI reference page is built from it)."""
-    parser = argparse.ArgumentParser(prog="odistill", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="odistill", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subparsers)
@@ -59,4 +60,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # distill has saved a checkpoint if it had an output_dir
         print(f"odistill {args.command}: interrupted", file=sys.stderr)
         return 130
-

@@ -10,10 +10,19 @@ __all__ = ["add_parser", "run"]
 
 
 def run(args) -> int:
-    summary = run_demo(args.task, steps=args.steps, seed=args.seed, out_dir=args.out, progress=not args.quiet,
-                       threads=args.threads)
+    summary = run_demo(
+        args.task,
+        steps=args.steps,
+        seed=args.seed,
+        out_dir=args.out,
+        progress=not args.quiet,
+        threads=args.threads,
+    )
     print()
-    print(f"Distilling the shipped {summary['task']} teacher into its warm-started student, {args.steps} steps each:")
+    print(
+        f"Distilling the shipped {summary['task']} teacher into its warm-started student, "
+        f"{args.steps} steps each:"
+    )
     print(summary["table"])
     print()
     print(f"plot: {summary['plot']}   results: {args.out}/results.json")
@@ -34,6 +43,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=250, help="student optimizer steps per method")
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--out", default="odistill_demo", help="folder for the plot and results.json")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2, or OMP_NUM_THREADS)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default 2, or OMP_NUM_THREADS)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

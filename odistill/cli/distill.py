@@ -38,18 +38,30 @@ def run(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in config_options() if getattr(args, f.name) is not None}
     overrides["progress"] = not args.json and not args.quiet
     config = replace(config, **overrides)
-    result = run_distillation(args.task, config=config, student=args.student, teacher=args.teacher,
-                              threads=args.threads, resume_from=resume)
+    result = run_distillation(
+        args.task,
+        config=config,
+        student=args.student,
+        teacher=args.teacher,
+        threads=args.threads,
+        resume_from=resume,
+    )
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, sort_keys=True, default=str))
         return 0
-    print(f"{result['task']}: {result['method']}, {result['steps']} steps in {result['seconds']:.1f} s "
-          f"({result['seconds_per_step']:.3f} s/step)")
-    print(f"  student greedy accuracy  {result['student_accuracy_before']:.3f} -> "
-          f"{result['student_accuracy_after']:.3f}   (teacher {result['teacher_accuracy']:.3f})")
+    print(
+        f"{result['task']}: {result['method']}, {result['steps']} steps in {result['seconds']:.1f} s "
+        f"({result['seconds_per_step']:.3f} s/step)"
+    )
+    print(
+        f"  student greedy accuracy  {result['student_accuracy_before']:.3f} -> "
+        f"{result['student_accuracy_after']:.3f}   (teacher {result['teacher_accuracy']:.3f})"
+    )
     if result["student_sampled_after"] is not None:
-        print(f"  student sampled (T=1)    {result['student_sampled_before']:.3f} -> "
-              f"{result['student_sampled_after']:.3f}   (teacher {result['teacher_sampled']:.3f})")
+        print(
+            f"  student sampled (T=1)    {result['student_sampled_before']:.3f} -> "
+            f"{result['student_sampled_after']:.3f}   (teacher {result['teacher_sampled']:.3f})"
+        )
     return 0
 
 
@@ -75,8 +87,14 @@ def _add_config_option(group, f) -> None:
     if f.type == "bool":
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         return
-    group.add_argument(flag, type=_parse_value(f.type), default=None, choices=field_choices(f), help=help_text,
-                       metavar=None if field_choices(f) else f.name.upper())
+    group.add_argument(
+        flag,
+        type=_parse_value(f.type),
+        default=None,
+        choices=field_choices(f),
+        help=help_text,
+        metavar=None if field_choices(f) else f.name.upper(),
+    )
 
 
 def add_parser(subparsers) -> None:
@@ -91,10 +109,12 @@ def add_parser(subparsers) -> None:
         "--estimator sampled is the Thinking Machines recipe (per-token reverse KL of sampled tokens with "
         f"an importance-sampling loss). Settings start from the '{PRESET}' preset (a few minutes on 2 CPU "
         "cores), or from --config / the resumed run; --max-new-tokens defaults to the task's. With "
-        "--save-every N --output-dir DIR, checkpoints are written atomically; Ctrl-C saves one before exiting, "
-        "and --resume DIR continues to the same numbers as an uninterrupted run.",
+        "--save-every N --output-dir DIR, checkpoints are written atomically; Ctrl-C saves one before "
+        "exiting, and --resume DIR continues to the same numbers as an uninterrupted run.",
     )
-    p.add_argument("--task", default="addition", choices=list_tasks(), help="which lab-bench task (default: addition)")
+    p.add_argument(
+        "--task", default="addition", choices=list_tasks(), help="which lab-bench task (default: addition)"
+    )
     sections: dict[str, object] = {}
     for f in config_options():
         section = f.metadata["section"]
@@ -103,15 +123,22 @@ def add_parser(subparsers) -> None:
         _add_config_option(sections[section], f)
     run_group = p.add_argument_group("run")
     run_group.add_argument("--config", default=None, help="a JSON DistillConfig file; options override it")
-    run_group.add_argument("--resume", default=None, metavar="DIR",
-                           help="continue an interrupted run: its --output-dir (newest checkpoint) or one checkpoint "
-                           "folder; the saved config is used unless --config is given")
+    run_group.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="continue an interrupted run: its --output-dir (newest checkpoint) or one checkpoint "
+        "folder; the saved config is used unless --config is given",
+    )
     run_group.add_argument("--student", default=None, help="student name/path/hub id (default: TASK-student)")
     run_group.add_argument("--teacher", default=None, help="teacher name/path/hub id (default: TASK-teacher)")
-    run_group.add_argument("--threads", type=int, default=None,
-                           help="torch CPU threads (default 2, or OMP_NUM_THREADS)")
+    run_group.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default 2, or OMP_NUM_THREADS)"
+    )
     run_group.add_argument("--quiet", action="store_true", help="no progress bar")
-    run_group.add_argument("--json", action="store_true",
-                           help="print one JSON object (student_accuracy_before/after, teacher_accuracy, steps, "
-                           "seconds, …)")
+    run_group.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (student_accuracy_before/after, teacher_accuracy, steps, seconds, …)",
+    )
     p.set_defaults(func=run)

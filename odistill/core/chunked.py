@@ -37,7 +37,8 @@ from .tensor_ops import masked_reduce
 
 __all__ = ["AUTO_MIN_ELEMENTS", "TARGET_CHUNK_ELEMENTS", "default_chunk_rows", "chunked_divergence"]
 
-#: ``chunk_size="auto"`` takes the chunked path when the logits have more elements than this (16 MB of float32).
+#: ``chunk_size="auto"`` takes the chunked path when the logits have more elements than this
+#: (16 MB of float32).
 AUTO_MIN_ELEMENTS = 2**22
 
 #: ``chunk_size="auto"`` processes about this many logits per chunk (rows = max(1, this // V)).
@@ -50,7 +51,8 @@ PARALLEL_MIN_ELEMENTS = 2**21
 
 
 def default_chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk for ``chunk_size="auto"``: about :data:`TARGET_CHUNK_ELEMENTS` logits (1 MB of float32)."""
+    """Rows per chunk for ``chunk_size="auto"``: about :data:`TARGET_CHUNK_ELEMENTS` logits (1 MB of
+    float32)."""
     return max(1, TARGET_CHUNK_ELEMENTS // max(1, int(vocab_size)))
 
 
@@ -160,21 +162,28 @@ def _run_chunks(run, items, device, n_elements: int) -> None:
             run(item)
 
     try:
-        with ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        with ThreadPoolExecutor(
+            max_workers=workers, initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
             for future in [pool.submit(single_threaded, item) for item in items]:
                 future.result()  # re-raises a worker's exception
     finally:
         torch.set_num_threads(threads)  # the initializer changed the process-wide default
 
 
-def _compute(kernel, weight, student, teacher, mask, temperature, reduction, chunk_rows, dtype, need_s, need_t):
+def _compute(
+    kernel, weight, student, teacher, mask, temperature, reduction, chunk_rows, dtype, need_s, need_t
+):
     """Run every chunk. Returns per-counted-row values (N,) and the scaled gradients (or None)."""
     vocab = student.shape[-1]
     n_rows = math.prod(student.shape[:-1])
     mask_flat = None if mask is None else mask.reshape(-1)
     plan = _plan(mask_flat, n_rows, chunk_rows, student.device)
-    n_active = n_rows if mask_flat is None else sum(
-        (c[1] - c[0]) if isinstance(c, tuple) else c.numel() for c in plan)
+    n_active = (
+        n_rows
+        if mask_flat is None
+        else sum((c[1] - c[0]) if isinstance(c, tuple) else c.numel() for c in plan)
+    )
     rows_s, rows_t = _Rows(student), _Rows(teacher)
     values = torch.empty(n_active, dtype=dtype, device=student.device)
     scale = 1.0 / temperature
@@ -238,8 +247,9 @@ class _ChunkedDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, mask, spec):
         kernel, weight, temperature, reduction, chunk_rows, dtype, need_s, need_t = spec
-        values, grad_s, grad_t, plan = _compute(kernel, weight, student, teacher, mask, temperature, reduction,
-                                                chunk_rows, dtype, need_s, need_t)
+        values, grad_s, grad_t, plan = _compute(
+            kernel, weight, student, teacher, mask, temperature, reduction, chunk_rows, dtype, need_s, need_t
+        )
         batch_shape = student.shape[:-1]
         if mask is not None and reduction == "none":
             order = _scatter_order(plan).to(student.device)
@@ -263,11 +273,23 @@ class _ChunkedDivergence(torch.autograd.Function):
             if ctx.inference_inputs:
                 raise RuntimeError(
                     "a chunked divergence of inference-mode tensors can be back-propagated once; "
-                    "pass chunk_size=None to use the plain implementation")
+                    "pass chunk_size=None to use the plain implementation"
+                )
             student, teacher = ctx.saved_tensors
             kernel, weight, temperature, reduction, chunk_rows, dtype, need_s, need_t = ctx.spec
-            _, grad_s, grad_t, _ = _compute(kernel, weight, student, teacher, ctx.mask, temperature, reduction,
-                                            chunk_rows, dtype, need_s, need_t)
+            _, grad_s, grad_t, _ = _compute(
+                kernel,
+                weight,
+                student,
+                teacher,
+                ctx.mask,
+                temperature,
+                reduction,
+                chunk_rows,
+                dtype,
+                need_s,
+                need_t,
+            )
         reduction = ctx.spec[3]
         for grad in (grad_s, grad_t):
             if grad is None:
@@ -282,8 +304,17 @@ class _ChunkedDivergence(torch.autograd.Function):
         return grad_s, grad_t, None, None
 
 
-def chunked_divergence(kernel, student_logits, teacher_logits, mask=None, *, weight=None, temperature=1.0,
-                       reduction="mean", chunk_size=None):
+def chunked_divergence(
+    kernel,
+    student_logits,
+    teacher_logits,
+    mask=None,
+    *,
+    weight=None,
+    temperature=1.0,
+    reduction="mean",
+    chunk_size=None,
+):
     """A divergence computed chunk by chunk with one of the kernels of :mod:`odistill.core.kernels`.
 
     Inputs must already be validated (the public functions of :mod:`odistill.core.divergences` do it):

@@ -81,7 +81,9 @@ def _check_logit_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() < 1 or not t.dtype.is_floating_point:
-            raise ValueError(f"{name} must be a floating tensor of shape (..., V), got {t.dtype} {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must be a floating tensor of shape (..., V), got {t.dtype} {tuple(t.shape)}"
+            )
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(
             f"vocabulary sizes differ: student_logits has V={student_logits.shape[-1]}, teacher_logits has "
@@ -122,8 +124,16 @@ def _evaluate(name, student_logits, teacher_logits, mask, weight, temperature, r
     interior = weight is None or 0.0 < weight < 1.0  # the kernels take a weight strictly inside (0, 1)
     if spec.kernel is not None and interior and _use_chunks(student_logits, chunk_size):
         rows = None if chunk_size == "auto" else chunk_size
-        return chunked.chunked_divergence(spec.kernel, student_logits, teacher_logits, mask, weight=weight,
-                                          temperature=temperature, reduction=reduction, chunk_size=rows)
+        return chunked.chunked_divergence(
+            spec.kernel,
+            student_logits,
+            teacher_logits,
+            mask,
+            weight=weight,
+            temperature=temperature,
+            reduction=reduction,
+            chunk_size=rows,
+        )
     dtype = compute_dtype(student_logits, teacher_logits)
     log_s = floored_log_softmax(active_rows(student_logits, mask), temperature, dtype)  # (N, V)
     log_t = floored_log_softmax(active_rows(teacher_logits, mask), temperature, dtype)  # (N, V)
@@ -179,7 +189,9 @@ def _total_variation_rows(log_s, log_t, weight):
 # ----------------------------------------------------------------------------------------------
 
 
-def forward_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"):
+def forward_kl(
+    student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"
+):
     """Forward KL, KL(p_T ‖ p_S) = Σ_v p_T (log p_T − log p_S): mode covering (GKD β = 0).
 
     The student is penalised wherever the teacher has mass and the student has little, so it spreads
@@ -200,10 +212,14 @@ def forward_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, re
         >>> round(forward_kl(s, t).item(), 4)  # 0.25·log(0.25/0.5) + 0.75·log(0.75/0.5)
         0.1308
     """
-    return _evaluate("forward_kl", student_logits, teacher_logits, mask, None, temperature, reduction, chunk_size)
+    return _evaluate(
+        "forward_kl", student_logits, teacher_logits, mask, None, temperature, reduction, chunk_size
+    )
 
 
-def reverse_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"):
+def reverse_kl(
+    student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"
+):
     """Reverse KL, KL(p_S ‖ p_T) = Σ_v p_S (log p_S − log p_T): mode seeking (GKD β = 1).
 
     The student is penalised wherever *it* puts mass that the teacher does not, so it prefers to sit
@@ -225,11 +241,21 @@ def reverse_kl(student_logits, teacher_logits, mask=None, *, temperature=1.0, re
         >>> round(reverse_kl(s, t).item(), 4)  # 0.5·log(0.5/0.25) + 0.5·log(0.5/0.75)
         0.1438
     """
-    return _evaluate("reverse_kl", student_logits, teacher_logits, mask, None, temperature, reduction, chunk_size)
+    return _evaluate(
+        "reverse_kl", student_logits, teacher_logits, mask, None, temperature, reduction, chunk_size
+    )
 
 
-def generalized_jsd(student_logits, teacher_logits, mask=None, *, beta=0.5, temperature=1.0, reduction="mean",
-                    chunk_size="auto"):
+def generalized_jsd(
+    student_logits,
+    teacher_logits,
+    mask=None,
+    *,
+    beta=0.5,
+    temperature=1.0,
+    reduction="mean",
+    chunk_size="auto",
+):
     """Generalized Jensen–Shannon divergence JSD(β) of GKD (Agarwal et al., 2024).
 
     ``M = β·p_T + (1 − β)·p_S`` and ``JSD(β) = β·KL(p_T ‖ M) + (1 − β)·KL(p_S ‖ M)``.
@@ -260,8 +286,16 @@ def generalized_jsd(student_logits, teacher_logits, mask=None, *, beta=0.5, temp
     return _evaluate("jsd", student_logits, teacher_logits, mask, beta, temperature, reduction, chunk_size)
 
 
-def skew_forward_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, temperature=1.0, reduction="mean",
-                    chunk_size="auto"):
+def skew_forward_kl(
+    student_logits,
+    teacher_logits,
+    mask=None,
+    *,
+    alpha=0.1,
+    temperature=1.0,
+    reduction="mean",
+    chunk_size="auto",
+):
     """Skew forward KL of DistiLLM: KL(p_T ‖ α·p_T + (1 − α)·p_S).
 
     Mixing a little of the teacher into the student keeps the divergence bounded (≤ −log α) and its
@@ -278,12 +312,21 @@ def skew_forward_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, tem
         2.3
     """
     alpha = check_unit_interval("alpha", alpha)
-    return _evaluate("skew_forward_kl", student_logits, teacher_logits, mask, alpha, temperature, reduction,
-                     chunk_size)
+    return _evaluate(
+        "skew_forward_kl", student_logits, teacher_logits, mask, alpha, temperature, reduction, chunk_size
+    )
 
 
-def skew_reverse_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, temperature=1.0, reduction="mean",
-                    chunk_size="auto"):
+def skew_reverse_kl(
+    student_logits,
+    teacher_logits,
+    mask=None,
+    *,
+    alpha=0.1,
+    temperature=1.0,
+    reduction="mean",
+    chunk_size="auto",
+):
     """Skew reverse KL of DistiLLM: KL(p_S ‖ α·p_S + (1 − α)·p_T).
 
     α = 0 is :func:`reverse_kl`; α = 1 gives 0; the value is bounded by −log α.
@@ -298,12 +341,14 @@ def skew_reverse_kl(student_logits, teacher_logits, mask=None, *, alpha=0.1, tem
         0.0
     """
     alpha = check_unit_interval("alpha", alpha)
-    return _evaluate("skew_reverse_kl", student_logits, teacher_logits, mask, alpha, temperature, reduction,
-                     chunk_size)
+    return _evaluate(
+        "skew_reverse_kl", student_logits, teacher_logits, mask, alpha, temperature, reduction, chunk_size
+    )
 
 
-def total_variation(student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean",
-                    chunk_size="auto"):
+def total_variation(
+    student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"
+):
     """Total variation distance, ``TVD(p_S, p_T) = ½ Σ_v |p_S − p_T|`` ∈ [0, 1].
 
     Symmetric and bounded: the largest difference in probability the two models give any event.
@@ -316,8 +361,9 @@ def total_variation(student_logits, teacher_logits, mask=None, *, temperature=1.
         >>> round(total_variation(s, t).item(), 4)  # ½(|0.5 − 0.25| + |0.5 − 0.75|)
         0.25
     """
-    return _evaluate("total_variation", student_logits, teacher_logits, mask, None, temperature, reduction,
-                     chunk_size)
+    return _evaluate(
+        "total_variation", student_logits, teacher_logits, mask, None, temperature, reduction, chunk_size
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,21 +433,65 @@ _SYMBOLS = {"beta": "β", "alpha": "α"}
 DIVERGENCES: dict[str, Divergence] = {
     d.name: d
     for d in (
-        Divergence("forward_kl", forward_kl, _forward_kl_rows, kernels.forward_kl_kernel, "forward KL",
-                   "KL(p_T ‖ p_S)", gkd_beta=0.0),
-        Divergence("reverse_kl", reverse_kl, _reverse_kl_rows, kernels.reverse_kl_kernel, "reverse KL",
-                   "KL(p_S ‖ p_T)", gkd_beta=1.0),
-        Divergence("jsd", generalized_jsd, _jsd_rows, kernels.jsd_kernel, "generalized JSD",
-                   "β·KL(p_T ‖ M) + (1 − β)·KL(p_S ‖ M), M = β·p_T + (1 − β)·p_S", param="beta", default=0.5,
-                   endpoints={0.0: "forward_kl", 1.0: "reverse_kl"}),
-        Divergence("skew_forward_kl", skew_forward_kl, _skew_forward_kl_rows, kernels.skew_forward_kl_kernel,
-                   "skew forward KL", "KL(p_T ‖ α·p_T + (1 − α)·p_S)", param="alpha", default=0.1,
-                   endpoints={0.0: "forward_kl"}),
-        Divergence("skew_reverse_kl", skew_reverse_kl, _skew_reverse_kl_rows, kernels.skew_reverse_kl_kernel,
-                   "skew reverse KL", "KL(p_S ‖ α·p_S + (1 − α)·p_T)", param="alpha", default=0.1,
-                   endpoints={0.0: "reverse_kl"}),
-        Divergence("total_variation", total_variation, _total_variation_rows, kernels.total_variation_kernel,
-                   "total variation", "½ Σ_v |p_S − p_T|"),
+        Divergence(
+            "forward_kl",
+            forward_kl,
+            _forward_kl_rows,
+            kernels.forward_kl_kernel,
+            "forward KL",
+            "KL(p_T ‖ p_S)",
+            gkd_beta=0.0,
+        ),
+        Divergence(
+            "reverse_kl",
+            reverse_kl,
+            _reverse_kl_rows,
+            kernels.reverse_kl_kernel,
+            "reverse KL",
+            "KL(p_S ‖ p_T)",
+            gkd_beta=1.0,
+        ),
+        Divergence(
+            "jsd",
+            generalized_jsd,
+            _jsd_rows,
+            kernels.jsd_kernel,
+            "generalized JSD",
+            "β·KL(p_T ‖ M) + (1 − β)·KL(p_S ‖ M), M = β·p_T + (1 − β)·p_S",
+            param="beta",
+            default=0.5,
+            endpoints={0.0: "forward_kl", 1.0: "reverse_kl"},
+        ),
+        Divergence(
+            "skew_forward_kl",
+            skew_forward_kl,
+            _skew_forward_kl_rows,
+            kernels.skew_forward_kl_kernel,
+            "skew forward KL",
+            "KL(p_T ‖ α·p_T + (1 − α)·p_S)",
+            param="alpha",
+            default=0.1,
+            endpoints={0.0: "forward_kl"},
+        ),
+        Divergence(
+            "skew_reverse_kl",
+            skew_reverse_kl,
+            _skew_reverse_kl_rows,
+            kernels.skew_reverse_kl_kernel,
+            "skew reverse KL",
+            "KL(p_S ‖ α·p_S + (1 − α)·p_T)",
+            param="alpha",
+            default=0.1,
+            endpoints={0.0: "reverse_kl"},
+        ),
+        Divergence(
+            "total_variation",
+            total_variation,
+            _total_variation_rows,
+            kernels.total_variation_kernel,
+            "total variation",
+            "½ Σ_v |p_S − p_T|",
+        ),
     )
 }
 

@@ -14,8 +14,14 @@ import torch
 
 from .rollouts import Rollouts
 
-__all__ = ["unwrap_model", "position_ids_from_mask", "completion_logits", "completion_hidden", "lm_head_of",
-           "output_vocab_size"]
+__all__ = [
+    "unwrap_model",
+    "position_ids_from_mask",
+    "completion_logits",
+    "completion_hidden",
+    "lm_head_of",
+    "output_vocab_size",
+]
 
 
 def unwrap_model(model):
@@ -35,7 +41,11 @@ def _forward_inputs(rollouts: Rollouts) -> tuple[dict, slice]:
     predict the T completion tokens: ``P − 1 … P + T − 2``."""
     input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
     total, width = input_ids.shape[1], input_ids.shape[1] - rollouts.prompt_width
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    kwargs = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+    )
     return kwargs, slice(total - width - 1, total - 1)
 
 
@@ -82,16 +92,20 @@ def lm_head_of(model, vocab_size: int | None = None) -> tuple[torch.Tensor, torc
     model = unwrap_model(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"{type(model).__name__} has no plain linear LM head (get_output_embeddings() returned "
-                         f"{type(head).__name__}); the fused LM-head loss needs one: set fused_lm_head=False")
+        raise ValueError(
+            f"{type(model).__name__} has no plain linear LM head (get_output_embeddings() returned "
+            f"{type(head).__name__}); the fused LM-head loss needs one: set fused_lm_head=False"
+        )
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for name in _LOGIT_TRANSFORMS:
         value = getattr(text_config, name, None)
         if value not in (None, 0, 0.0, 1, 1.0, False):
-            raise ValueError(f"{type(model).__name__} transforms its logits ({name}={value!r}), so they are not "
-                             "hidden @ W.T: the fused LM-head loss would train on the wrong distribution; set "
-                             "fused_lm_head=False")
+            raise ValueError(
+                f"{type(model).__name__} transforms its logits ({name}={value!r}), so they are not "
+                "hidden @ W.T: the fused LM-head loss would train on the wrong distribution; set "
+                "fused_lm_head=False"
+            )
     weight, bias = head.weight, head.bias
     if vocab_size is not None and weight.shape[0] != vocab_size:
         weight, bias = weight[:vocab_size], (None if bias is None else bias[:vocab_size])
@@ -111,8 +125,10 @@ def completion_hidden(model, rollouts: Rollouts) -> torch.Tensor:
     try:
         out = model(**kwargs, logits_to_keep=none, output_hidden_states=True, use_cache=False)
     except TypeError as error:
-        raise ValueError(f"{type(unwrap_model(model)).__name__}.forward does not accept logits_to_keep / "
-                         "output_hidden_states, which the fused LM-head loss needs; set fused_lm_head=False") from error
+        raise ValueError(
+            f"{type(unwrap_model(model)).__name__}.forward does not accept logits_to_keep / "
+            "output_hidden_states, which the fused LM-head loss needs; set fused_lm_head=False"
+        ) from error
     hidden = out.hidden_states[-1]  # (B, P + T, H): after the final norm, what the LM head reads
     return hidden[:, columns]
 

@@ -1,4 +1,5 @@
-"""Fused LM head + divergence: the ``(N, V)`` logits of neither model ever exist (the Liger "fused linear" idea).
+"""Fused LM head + divergence: the ``(N, V)`` logits of neither model ever exist (the Liger "fused
+linear" idea).
 
 ``divergence(h_S @ W_Sᵀ, h_T @ W_Tᵀ)`` is computed one chunk of rows at a time: each chunk's logits,
 log-softmaxes and logit-gradients exist only for that chunk (the same kernels as the chunked path,
@@ -30,9 +31,9 @@ __all__ = ["FUSED_CHUNK_ELEMENTS", "fused_linear_divergence"]
 FUSED_CHUNK_ELEMENTS = 2**24
 
 
-
-
-def _token_log_probs(logits: torch.Tensor, logp: torch.Tensor, tokens: torch.Tensor, temperature: float, dtype):
+def _token_log_probs(
+    logits: torch.Tensor, logp: torch.Tensor, tokens: torch.Tensor, temperature: float, dtype
+):
     """log p(token) at temperature 1 for each row of a chunk: from ``logp`` when it already is at τ = 1."""
     if temperature == 1.0:
         return logp.gather(1, tokens[:, None]).squeeze(1)
@@ -40,8 +41,9 @@ def _token_log_probs(logits: torch.Tensor, logp: torch.Tensor, tokens: torch.Ten
     return z.gather(1, tokens[:, None]).squeeze(1) - z.logsumexp(-1)
 
 
-def _fused_compute(kernel, weight, hs, ws, bs, ht, wt, bt, temperature, reduction, chunk_rows, dtype, need,
-                   tokens=None):
+def _fused_compute(
+    kernel, weight, hs, ws, bs, ht, wt, bt, temperature, reduction, chunk_rows, dtype, need, tokens=None
+):
     """Per chunk of rows: logits = h @ Wᵀ (+ b) for both models, divergence and its logit-gradient, then
     the gradient pushed through the LM head at once (dh = g W, dW += gᵀ h, db += Σ g). Returns the
     per-row values, the gradients of (hs, ws, bs, ht, wt, bt) (None where not needed) and, when
@@ -53,8 +55,10 @@ def _fused_compute(kernel, weight, hs, ws, bs, ht, wt, bt, temperature, reductio
     if reduction == "mean":
         scale /= max(n_rows, 1)
     need_s, need_t = any(need[:3]), any(need[3:])
-    grads = [torch.zeros_like(x) if (n and x is not None) else None for n, x in zip(need, (hs, ws, bs, ht, wt, bt),
-                                                                                      strict=True)]
+    grads = [
+        torch.zeros_like(x) if (n and x is not None) else None
+        for n, x in zip(need, (hs, ws, bs, ht, wt, bt), strict=True)
+    ]
     for start in range(0, n_rows, chunk_rows):
         stop = min(start + chunk_rows, n_rows)
         logits_s = torch.nn.functional.linear(hs[start:stop], ws, bs)  # (r, V), only this chunk
@@ -88,8 +92,9 @@ class _FusedLinearDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hs, ws, bs, ht, wt, bt, spec):
         kernel, weight, temperature, reduction, chunk_rows, dtype, need, tokens = spec
-        values, grads, token_lp = _fused_compute(kernel, weight, hs, ws, bs, ht, wt, bt, temperature, reduction,
-                                                 chunk_rows, dtype, need, tokens)
+        values, grads, token_lp = _fused_compute(
+            kernel, weight, hs, ws, bs, ht, wt, bt, temperature, reduction, chunk_rows, dtype, need, tokens
+        )
         out = masked_reduce(values, None, values.shape, reduction)  # raises NonFiniteLossError on NaN
         ctx.grads, ctx.spec = grads, spec
         inputs = (hs, ws, bs, ht, wt, bt)
@@ -110,8 +115,9 @@ class _FusedLinearDivergence(torch.autograd.Function):
             raise RuntimeError("a fused divergence of inference-mode tensors can be back-propagated once")
         else:
             kernel, weight, temperature, reduction, chunk_rows, dtype, need, _ = ctx.spec
-            _, grads, _ = _fused_compute(kernel, weight, *ctx.saved_tensors, temperature, reduction, chunk_rows, dtype,
-                                         need)
+            _, grads, _ = _fused_compute(
+                kernel, weight, *ctx.saved_tensors, temperature, reduction, chunk_rows, dtype, need
+            )
         if bool(grad_out != 1):
             for g in grads:
                 if g is not None:
@@ -119,9 +125,22 @@ class _FusedLinearDivergence(torch.autograd.Function):
         return (*grads, None)
 
 
-def fused_linear_divergence(kind, student_hidden, student_weight, teacher_hidden, teacher_weight, mask=None, *,
-                            student_bias=None, teacher_bias=None, weight=None, temperature=1.0, reduction="mean",
-                            chunk_size=None, token_ids=None):
+def fused_linear_divergence(
+    kind,
+    student_hidden,
+    student_weight,
+    teacher_hidden,
+    teacher_weight,
+    mask=None,
+    *,
+    student_bias=None,
+    teacher_bias=None,
+    weight=None,
+    temperature=1.0,
+    reduction="mean",
+    chunk_size=None,
+    token_ids=None,
+):
     """A divergence between two LM heads' distributions, never materialising the ``(N, V)`` logits.
 
     ``divergence(student_hidden @ student_weightᵀ, teacher_hidden @ teacher_weightᵀ)`` computed chunk by
@@ -161,23 +180,32 @@ def fused_linear_divergence(kind, student_hidden, student_weight, teacher_hidden
     if spec.kernel is None:
         raise ValueError(f"divergence {kind!r} has no chunk kernel, so it cannot be fused with the LM head")
     if weight is not None and not 0.0 < weight < 1.0:
-        raise ValueError(f"{spec.param}={weight} makes {kind!r} identically 0: nothing to fuse (use a value in (0, 1))")
+        raise ValueError(
+            f"{spec.param}={weight} makes {kind!r} identically 0: nothing to fuse (use a value in (0, 1))"
+        )
     check_reduction(reduction)
     temperature = check_temperature(temperature)
-    batch_shape, mask = _check_fused_shapes(student_hidden, student_weight, teacher_hidden, teacher_weight, mask)
+    batch_shape, mask = _check_fused_shapes(
+        student_hidden, student_weight, teacher_hidden, teacher_weight, mask
+    )
     hs = active_rows(student_hidden, mask)  # (N, H): small copies
     ht = active_rows(teacher_hidden.to(student_hidden.device), mask)
     inputs = (hs, student_weight, student_bias, ht, teacher_weight, teacher_bias)
     need = tuple(bool(torch.is_grad_enabled() and x is not None and x.requires_grad) for x in inputs)
     if reduction == "none" and any(need):
-        raise ValueError("fused_linear_divergence: reduction='none' has no gradient (the LM-head gradient sums "
-                         "over rows); use 'mean' or 'sum', or call it under torch.no_grad()")
+        raise ValueError(
+            "fused_linear_divergence: reduction='none' has no gradient (the LM-head gradient sums "
+            "over rows); use 'mean' or 'sum', or call it under torch.no_grad()"
+        )
     vocab = student_weight.shape[0]
     tokens = None if token_ids is None else _counted_tokens(token_ids, batch_shape, mask, vocab, hs.device)
-    dtype = torch.float64 if any(x is not None and x.dtype == torch.float64 for x in inputs) else torch.float32
+    dtype = (
+        torch.float64 if any(x is not None and x.dtype == torch.float64 for x in inputs) else torch.float32
+    )
     chunk_rows = _fused_chunk_rows(chunk_size, vocab, hs.shape[0])
     result = _FusedLinearDivergence.apply(
-        *inputs, (spec.kernel, weight, temperature, reduction, chunk_rows, dtype, need, tokens))
+        *inputs, (spec.kernel, weight, temperature, reduction, chunk_rows, dtype, need, tokens)
+    )
     out, token_lp = result if tokens is not None else (result, None)
     if reduction == "none":
         out = scatter_rows(out, mask, batch_shape)
@@ -188,11 +216,15 @@ def fused_linear_divergence(kind, student_hidden, student_weight, teacher_hidden
 
 def _check_fused_shapes(student_hidden, student_weight, teacher_hidden, teacher_weight, mask):
     if student_weight.shape[0] != teacher_weight.shape[0]:
-        raise ValueError(f"vocabulary sizes differ: student LM head has V={student_weight.shape[0]}, teacher "
-                         f"V={teacher_weight.shape[0]}")
+        raise ValueError(
+            f"vocabulary sizes differ: student LM head has V={student_weight.shape[0]}, teacher "
+            f"V={teacher_weight.shape[0]}"
+        )
     if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
-        raise ValueError(f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden "
-                         f"{tuple(teacher_hidden.shape)} must share the batch shape (...)")
+        raise ValueError(
+            f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden "
+            f"{tuple(teacher_hidden.shape)} must share the batch shape (...)"
+        )
     batch_shape = student_hidden.shape[:-1]
     return batch_shape, check_mask(mask, batch_shape, "student_hidden")
 
@@ -200,8 +232,10 @@ def _check_fused_shapes(student_hidden, student_weight, teacher_hidden, teacher_
 def _counted_tokens(token_ids, batch_shape, mask, vocab, device) -> torch.Tensor:
     """The token ids at the counted positions, ``(N,)``, checked to lie in the vocabulary."""
     if tuple(token_ids.shape) != tuple(batch_shape):
-        raise ValueError(f"token_ids has shape {tuple(token_ids.shape)} but the hidden states have batch shape "
-                         f"{tuple(batch_shape)}; pass one token id per position")
+        raise ValueError(
+            f"token_ids has shape {tuple(token_ids.shape)} but the hidden states have batch shape "
+            f"{tuple(batch_shape)}; pass one token id per position"
+        )
     tokens = active_rows(token_ids[..., None].to(device), mask).squeeze(-1)
     if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) < vocab):
         raise ValueError(f"token_ids must lie in [0, V={vocab}) at counted positions")

@@ -5,7 +5,8 @@ walk the counted rows a chunk at a time and call one kernel per chunk. Every ker
 
     kernel(ls, lt, weight, fin_s, fin_t, out_s, out_t, scale) -> values (r,)
 
-    ls, lt        (r, V) floored log-probabilities of the student and the teacher (the kernel may overwrite them)
+    ls, lt        (r, V) floored log-probabilities of the student and the teacher (the kernel may
+                  overwrite them)
     weight        β of the generalized JSD or α of the skew KLs (None for the others)
     fin_s, fin_t  (r, V) bool, False where that log-probability was -inf and floored; None when all are finite
     out_s, out_t  (r, V) tensors to write scale · ∂value/∂z into (z = logits / τ), or None when not needed

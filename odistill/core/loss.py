@@ -30,7 +30,9 @@ __all__ = ["distillation_loss", "sampled_token_loss"]
 def _divergence(student_logits, teacher_logits, mask, divergence, beta, alpha, temperature, reduction):
     spec = get_divergence(divergence)
     params = {} if spec.param is None else {spec.param: {"beta": beta, "alpha": alpha}[spec.param]}
-    return spec.function(student_logits, teacher_logits, mask, temperature=temperature, reduction=reduction, **params)
+    return spec.function(
+        student_logits, teacher_logits, mask, temperature=temperature, reduction=reduction, **params
+    )
 
 
 def distillation_loss(
@@ -65,14 +67,17 @@ def distillation_loss(
     position — the student's logits are gathered at the teacher's top-k ids and both are
     log-softmaxed over those k entries. The result is the divergence between the two distributions
     *conditioned on that set*: it ignores how much mass the student puts outside the set, so it is not
-    the full-vocabulary divergence (notebook 02 measures the gap). It tends to the full divergence as k grows to cover the mass of both
-    models, and equals it at k = V. Use it to save teacher memory with a k that covers most of the mass.
+    the full-vocabulary divergence (notebook 02 measures the gap). It tends to the full divergence as
+    k grows to cover the mass of both models, and equals it at k = V. Use it to save teacher memory
+    with a k that covers most of the mass.
     Where the student gives a top-k token probability 0 (a ``-inf`` logit), its logit there counts as
     :data:`~odistill.core.tensor_ops.MASKED_LOG_PROB`, so the value stays finite.
 
     Example:
         >>> s, t = torch.zeros(1, 2, 3), torch.tensor([[[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]])
-        >>> round(distillation_loss(s, t, torch.tensor([[True, False]])).item(), 4)  # reverse KL at t=0: log(1/3) − mean(log softmax([0, 1, 2]))
+        >>> round(
+        ...     distillation_loss(s, t, torch.tensor([[True, False]])).item(), 4
+        ... )  # reverse KL at t=0: log(1/3) − mean(log softmax([0, 1, 2]))
         0.309
     """
     get_divergence(divergence)  # a clear error for an unknown name, before any work
@@ -85,7 +90,8 @@ def distillation_loss(
         ids = teacher_scores.topk_ids.to(student_logits.device)
         if ids.shape[:-1] != student_logits.shape[:-1]:
             raise ValueError(
-                f"teacher top-k scores {tuple(ids.shape)} do not match student logits {tuple(student_logits.shape)}"
+                f"teacher top-k scores {tuple(ids.shape)} do not match student logits "
+                f"{tuple(student_logits.shape)}"
             )
         student_on_support = student_logits.gather(-1, ids)  # (B, T, k)
         # a student that forbids (-inf) every top-k token has no distribution on the support: a finite
@@ -95,13 +101,14 @@ def distillation_loss(
         return _divergence(student_on_support, teacher_scores.topk_logprobs, completion_mask, *common)
     if teacher_scores.mode == "hidden":
         raise ValueError(
-            "teacher scores in 'hidden' mode hold the teacher's hidden states, not its logits: compute the loss from "
-            "both models' hidden states with odistill.core.fused.fused_linear_divergence (what "
+            "teacher scores in 'hidden' mode hold the teacher's hidden states, not its logits: compute the "
+            "loss from both models' hidden states with odistill.core.fused.fused_linear_divergence (what "
             "DistillConfig(fused_lm_head=True) does), or score with mode='full' or 'topk'"
         )
     raise ValueError(
-        "teacher scores in 'sampled' mode hold only the sampled tokens' log-probs, which are not enough for the "
-        "'full' estimator: use sampled_token_loss (estimator='sampled'), or score with mode='full' or 'topk'"
+        "teacher scores in 'sampled' mode hold only the sampled tokens' log-probs, which are not enough "
+        "for the 'full' estimator: use sampled_token_loss (estimator='sampled'), or score with "
+        "mode='full' or 'topk'"
     )
 
 
@@ -135,7 +142,9 @@ def sampled_token_loss(
 
     Example:
         >>> lp = torch.tensor([[-0.5, -1.0]], requires_grad=True)
-        >>> loss = sampled_token_loss(lp, torch.tensor([[-0.2, -3.0]]), lp.detach(), torch.tensor([[True, True]]))
+        >>> loss = sampled_token_loss(
+        ...     lp, torch.tensor([[-0.2, -3.0]]), lp.detach(), torch.tensor([[True, True]])
+        ... )
         >>> round(loss.item(), 4)  # mean of (−0.5 + 0.2) and (−1 + 3) = (−0.3 + 2.0) / 2
         0.85
     """
@@ -144,7 +153,8 @@ def sampled_token_loss(
     if len(shapes) != 1:
         raise ValueError(
             "student_logprobs, teacher_logprobs and sampling_logprobs must share one (B, T) shape, got "
-            f"{tuple(student_logprobs.shape)}, {tuple(teacher_logprobs.shape)}, {tuple(sampling_logprobs.shape)}"
+            f"{tuple(student_logprobs.shape)}, {tuple(teacher_logprobs.shape)}, "
+            f"{tuple(sampling_logprobs.shape)}"
         )
     mask = check_mask(completion_mask, student_logprobs.shape, "student_logprobs").to(student_logprobs.device)
     if max_ratio is not None:

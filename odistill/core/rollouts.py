@@ -23,8 +23,16 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["Rollouts", "rollouts_from_text", "resolve_special_ids", "render_prompts", "completion_mask_from_ids",
-           "check_context_length", "left_pad", "right_pad"]
+__all__ = [
+    "Rollouts",
+    "rollouts_from_text",
+    "resolve_special_ids",
+    "render_prompts",
+    "completion_mask_from_ids",
+    "check_context_length",
+    "left_pad",
+    "right_pad",
+]
 
 
 @dataclass
@@ -74,7 +82,14 @@ class Rollouts:
         """A copy with every tensor on ``device``."""
         moved = {
             name: getattr(self, name).to(device)
-            for name in ("input_ids", "attention_mask", "completion_mask", "sampling_logprobs", "prompt_lengths", "prompt_index")
+            for name in (
+                "input_ids",
+                "attention_mask",
+                "completion_mask",
+                "sampling_logprobs",
+                "prompt_lengths",
+                "prompt_index",
+            )
             if getattr(self, name) is not None
         }
         return replace(self, **moved)
@@ -163,10 +178,15 @@ def render_prompts(tokenizer, prompts) -> tuple[list[str], list[list[int]]]:
     chat conversations (lists of ``{"role", "content"}`` dicts) through the tokenizer's chat template
     with the generation prompt added. Returns the rendered texts and their token ids."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise TypeError("prompts must be a list of strings or a list of chat conversations (lists of messages)")
+        raise TypeError(
+            "prompts must be a list of strings or a list of chat conversations (lists of messages)"
+        )
     if len(prompts) == 0:
         raise ValueError("prompts is empty: pass at least one prompt")
-    texts, special = [], []  # special: add the tokenizer's special tokens (plain strings) or not (rendered chats)
+    texts, special = (
+        [],
+        [],
+    )  # special: add the tokenizer's special tokens (plain strings) or not (rendered chats)
     for prompt in prompts:
         if isinstance(prompt, str):
             texts.append(prompt)
@@ -177,10 +197,14 @@ def render_prompts(tokenizer, prompts) -> tuple[list[str], list[list[int]]]:
                     "a prompt is a chat conversation but the tokenizer has no chat_template; pass plain "
                     "strings, or set tokenizer.chat_template"
                 )
-            texts.append(tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True))
+            texts.append(
+                tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+            )
             special.append(False)
         else:
-            raise TypeError(f"each prompt must be a string or a list of message dicts, got {type(prompt).__name__}")
+            raise TypeError(
+                f"each prompt must be a string or a list of message dicts, got {type(prompt).__name__}"
+            )
     ids: list[list[int] | None] = [None] * len(texts)
     for flag in (True, False):  # one batched tokenizer call per kind
         where = [i for i, s in enumerate(special) if s is flag]
@@ -202,7 +226,9 @@ def check_context_length(model, prompt_width: int, max_new_tokens: int) -> None:
         )
 
 
-def rollouts_from_text(tokenizer, prompts, completions: Sequence[str], *, add_eos: bool = True, source="dataset"):
+def rollouts_from_text(
+    tokenizer, prompts, completions: Sequence[str], *, add_eos: bool = True, source="dataset"
+):
     """Build :class:`Rollouts` from given completion texts (off-policy data: a dataset or a teacher).
 
     Args:
@@ -216,7 +242,9 @@ def rollouts_from_text(tokenizer, prompts, completions: Sequence[str], *, add_eo
         Rollouts with ``sampling_logprobs=None`` (the sampling distribution is unknown).
     """
     if len(prompts) != len(completions):
-        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt")
+        raise ValueError(
+            f"got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt"
+        )
     pad_id, eos_ids = resolve_special_ids(tokenizer)
     prompt_texts, prompt_ids = render_prompts(tokenizer, prompts)
     completion_ids = [

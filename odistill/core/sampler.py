@@ -27,7 +27,14 @@ from .rollouts import (
     resolve_special_ids,
 )
 
-__all__ = ["sample", "SamplerBackend", "HFGenerateBackend", "BACKENDS", "InverseCDFSampler", "inverse_cdf_draw"]
+__all__ = [
+    "sample",
+    "SamplerBackend",
+    "HFGenerateBackend",
+    "BACKENDS",
+    "InverseCDFSampler",
+    "inverse_cdf_draw",
+]
 
 
 class SamplerBackend(Protocol):
@@ -39,8 +46,19 @@ class SamplerBackend(Protocol):
     temperature, top-k and top-p). Greedy decoding returns zeros (q is a point mass).
     """
 
-    def generate(self, model, prompt_ids, prompt_attention_mask, *, max_new_tokens, temperature, top_p, top_k,
-                 pad_id, eos_ids) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def generate(
+        self,
+        model,
+        prompt_ids,
+        prompt_attention_mask,
+        *,
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k,
+        pad_id,
+        eos_ids,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 _BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF draw
@@ -65,8 +83,12 @@ def inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
     cdf = mass.cumsum(-1)  # (B, nb)
     u = torch.rand(rows, 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]  # in [0, total)
     block = torch.searchsorted(cdf, u, right=True).clamp_max_(n_blocks - 1)  # (B, 1)
-    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp_min(0)), torch.zeros_like(u))  # exact cdf entry
-    inner = blocks.gather(1, block[:, :, None].expand(rows, 1, _BLOCK)).squeeze(1).cumsum(-1, dtype=torch.float64)
+    before = torch.where(
+        block > 0, cdf.gather(1, (block - 1).clamp_min(0)), torch.zeros_like(u)
+    )  # exact cdf entry
+    inner = (
+        blocks.gather(1, block[:, :, None].expand(rows, 1, _BLOCK)).squeeze(1).cumsum(-1, dtype=torch.float64)
+    )
     # u ≥ before, so r ≥ 0; the block's two sums may round differently, so keep r below its cumsum total
     r = torch.minimum(u - before, torch.nextafter(inner[:, -1:], torch.zeros_like(u)))
     within = torch.searchsorted(inner, r, right=True).clamp_max_(_BLOCK - 1)  # (B, 1)
@@ -124,8 +146,19 @@ class HFGenerateBackend:
     scores is ever kept.
     """
 
-    def generate(self, model, prompt_ids, prompt_attention_mask, *, max_new_tokens, temperature, top_p, top_k,
-                 pad_id, eos_ids):
+    def generate(
+        self,
+        model,
+        prompt_ids,
+        prompt_attention_mask,
+        *,
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k,
+        pad_id,
+        eos_ids,
+    ):
         from transformers import LogitsProcessorList
 
         greedy = temperature == 0.0
@@ -147,8 +180,12 @@ class HFGenerateBackend:
         saved = model.generation_config
         model.generation_config = GenerationConfig()  # no checkpoint defaults leak into the sampler
         try:
-            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_attention_mask, generation_config=config,
-                                 logits_processor=LogitsProcessorList([sampler] if sampler else []))
+            out = model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_attention_mask,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([sampler] if sampler else []),
+            )
         finally:
             model.generation_config = saved
         completion = out.sequences[:, prompt_ids.shape[1] :]  # (B, T)
@@ -157,8 +194,10 @@ class HFGenerateBackend:
         drawn = torch.stack(sampler.tokens, dim=1)  # (B, T)
         finished = completion == pad_id  # rows that already ended are padded by generate, not drawn
         if not bool(((drawn == completion) | finished).all()):
-            raise RuntimeError("the sampled tokens and the generated ones disagree: a logits processor ran after "
-                               "odistill's sampler; please report this with your transformers version")
+            raise RuntimeError(
+                "the sampled tokens and the generated ones disagree: a logits processor ran after "
+                "odistill's sampler; please report this with your transformers version"
+            )
         return completion, torch.stack(sampler.logprobs, dim=1)
 
 
@@ -209,20 +248,7 @@ def sample(
         >>> rollouts.texts  # doctest: +SKIP
         ['46', '46', '47', '46']
     """
-    if not (isinstance(n, int) and n >= 1):
-        raise ValueError(f"n (completions per prompt) must be an integer >= 1, got {n!r}")
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    temperature = float(temperature)
-    if not (temperature >= 0.0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not (0.0 < float(top_p) <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not (isinstance(top_k, int) and top_k >= 0):
-        raise ValueError(f"top_k must be an integer >= 0 (0 = no top-k), got {top_k!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown sampling backend {backend!r}; available: {sorted(BACKENDS)}")
-
+    temperature = _check_sampling(n, max_new_tokens, temperature, top_p, top_k, backend)
     model = unwrap_model(model)
     pad_id, eos_ids = resolve_special_ids(tokenizer)
     prompt_texts, prompt_ids = render_prompts(tokenizer, prompts)
@@ -233,20 +259,19 @@ def sample(
     device = next(model.parameters()).device
     ids, attn = ids.to(device), attn.to(device)
 
-    was_training = model.training
-    model.eval()
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(seed)
-            completion, logprobs = BACKENDS[backend].generate(
-                model, ids, attn, max_new_tokens=max_new_tokens, temperature=temperature, top_p=float(top_p),
-                top_k=top_k, pad_id=pad_id, eos_ids=eos_ids,
-            )
-    finally:
-        model.train(was_training)
-
+    completion, logprobs = _generate(
+        model,
+        ids,
+        attn,
+        seed,
+        backend,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=float(top_p),
+        top_k=top_k,
+        pad_id=pad_id,
+        eos_ids=eos_ids,
+    )
     mask = completion_mask_from_ids(completion, eos_ids)  # (B·n, T)
     completion = completion.masked_fill(~mask, pad_id)
     texts = _decode(tokenizer, completion, mask, eos_ids, keep_special_tokens)
@@ -264,7 +289,9 @@ def sample(
     )
 
 
-def _decode(tokenizer, completion: torch.Tensor, mask: torch.Tensor, eos_ids, keep_special_tokens: bool) -> list[str]:
+def _decode(
+    tokenizer, completion: torch.Tensor, mask: torch.Tensor, eos_ids, keep_special_tokens: bool
+) -> list[str]:
     """The completion texts: every special token removed, or only the EOS that ends each completion."""
     if not keep_special_tokens:
         return tokenizer.batch_decode(completion, skip_special_tokens=True)
@@ -274,3 +301,37 @@ def _decode(tokenizer, completion: torch.Tensor, mask: torch.Tensor, eos_ids, ke
         counted = [t for t, k in zip(ids, keep, strict=True) if k]
         rows.append(counted[:-1] if counted and counted[-1] in ends else counted)
     return tokenizer.batch_decode(rows, skip_special_tokens=False)
+
+
+def _check_sampling(n, max_new_tokens, temperature, top_p, top_k, backend) -> float:
+    """Validate the arguments of :func:`sample`; returns the temperature as a float."""
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n (completions per prompt) must be an integer >= 1, got {n!r}")
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    temperature = float(temperature)
+    if not (temperature >= 0.0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not (0.0 < float(top_p) <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not (isinstance(top_k, int) and top_k >= 0):
+        raise ValueError(f"top_k must be an integer >= 0 (0 = no top-k), got {top_k!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sampling backend {backend!r}; available: {sorted(BACKENDS)}")
+    return temperature
+
+
+def _generate(model, ids, attn, seed, backend, **options):
+    """Run the backend in eval mode without gradients, seeded without touching the global RNG state."""
+    device = ids.device
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            completion, logprobs = BACKENDS[backend].generate(model, ids, attn, **options)
+    finally:
+        model.train(was_training)
+    return completion, logprobs

@@ -43,7 +43,14 @@ from .rollouts import Rollouts
 from .sampler import sample
 from .tensor_ops import MASKED_LOG_PROB, logsumexp_rows
 
-__all__ = ["SCORE_MODES", "Teacher", "TeacherScorer", "TeacherScores", "vocab_size_of", "check_vocab_compatible"]
+__all__ = [
+    "SCORE_MODES",
+    "Teacher",
+    "TeacherScorer",
+    "TeacherScores",
+    "vocab_size_of",
+    "check_vocab_compatible",
+]
 
 #: What a teacher can be asked for (see the module docstring).
 SCORE_MODES = ("full", "topk", "sampled", "hidden")
@@ -73,17 +80,30 @@ class TeacherScores:
     def to(self, device) -> TeacherScores:
         """A copy with every tensor on ``device``."""
         move = lambda t: None if t is None else t.to(device)
-        return TeacherScores(self.mode, move(self.token_logprobs), move(self.logprobs), move(self.topk_logprobs),
-                             move(self.topk_ids), move(self.hidden))
+        return TeacherScores(
+            self.mode,
+            move(self.token_logprobs),
+            move(self.logprobs),
+            move(self.topk_logprobs),
+            move(self.topk_ids),
+            move(self.hidden),
+        )
 
     @staticmethod
     def cat(parts: list[TeacherScores]) -> TeacherScores:
         """The scores of consecutive row blocks joined into one batch (all in one mode)."""
+
         def join(name):
             return None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
 
-        return TeacherScores(parts[0].mode, join("token_logprobs"), join("logprobs"), join("topk_logprobs"),
-                             join("topk_ids"), join("hidden"))
+        return TeacherScores(
+            parts[0].mode,
+            join("token_logprobs"),
+            join("logprobs"),
+            join("topk_logprobs"),
+            join("topk_ids"),
+            join("hidden"),
+        )
 
 
 @runtime_checkable
@@ -108,8 +128,10 @@ def vocab_size_of(model_or_teacher) -> int:
         return output_vocab_size(model_or_teacher)
     size = getattr(model_or_teacher, "vocab_size", None)
     if not isinstance(size, int) or size < 1:
-        raise TypeError(f"{type(model_or_teacher).__name__} is neither a torch.nn.Module nor a Teacher with an "
-                        "integer vocab_size")
+        raise TypeError(
+            f"{type(model_or_teacher).__name__} is neither a torch.nn.Module nor a Teacher with an "
+            "integer vocab_size"
+        )
     return size
 
 
@@ -141,7 +163,8 @@ def check_vocab_compatible(student, teacher, tokenizer=None) -> int:
 
 
 class TeacherScorer:
-    """The local :class:`Teacher`: a frozen causal LM in this process. ``TeacherScorer(teacher).score(rollouts, "full")``.
+    """The local :class:`Teacher`: a frozen causal LM in this process.
+    ``TeacherScorer(teacher).score(rollouts, "full")``.
 
     The teacher is put in eval mode (dropout off) — a teacher left in train mode would give noisy
     scores — and runs under ``torch.no_grad`` with its parameters frozen. It may sit on its own device:
@@ -163,8 +186,16 @@ class TeacherScorer:
         >>> scores.token_logprobs.shape  # (B, T)  # doctest: +SKIP
     """
 
-    def __init__(self, model, *, mode: str = "full", k: int = 20, device=None, micro_batch_size: int | None = None,
-                 vocab_size: int | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        mode: str = "full",
+        k: int = 20,
+        device=None,
+        micro_batch_size: int | None = None,
+        vocab_size: int | None = None,
+    ):
         self.vocab_size = vocab_size if vocab_size is not None else output_vocab_size(model)
         self._check_mode(mode, k, model)
         if micro_batch_size is not None and micro_batch_size < 1:
@@ -181,7 +212,9 @@ class TeacherScorer:
             raise ValueError(f"mode must be one of {SCORE_MODES}, got {mode!r}")
         if mode == "hidden":
             lm_head_of(model, self.vocab_size)  # a clear error now if the logits are not hidden @ W.T
-        if mode == "topk" and not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= self.vocab_size):
+        if mode == "topk" and not (
+            isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= self.vocab_size
+        ):
             raise ValueError(f"k must be an integer in [1, V={self.vocab_size}] for mode='topk', got {k!r}")
 
     @property
@@ -198,7 +231,8 @@ class TeacherScorer:
         return sample(self.model, tokenizer, prompts, source="teacher", **sampling)
 
     def score(self, rollouts: Rollouts, mode: str | None = None, *, k: int | None = None) -> TeacherScores:
-        """Score a rollout batch in ``mode`` (default: the scorer's); :class:`TeacherScores` on the rollouts' device."""
+        """Score a rollout batch in ``mode`` (default: the scorer's); :class:`TeacherScores` on the
+        rollouts' device."""
         mode = self.mode if mode is None else mode
         k = self.k if k is None else k
         if (mode, k) != (self.mode, self.k):
@@ -209,7 +243,10 @@ class TeacherScorer:
         # no_grad, not inference_mode: the scores enter the student's loss graph as constants, which
         # inference tensors cannot (they would need a full copy on the way out)
         with torch.no_grad():
-            parts = [self._score_rows(on_teacher.rows(a, a + step), mode, k) for a in range(0, len(on_teacher), step)]
+            parts = [
+                self._score_rows(on_teacher.rows(a, a + step), mode, k)
+                for a in range(0, len(on_teacher), step)
+            ]
         scores = parts[0] if len(parts) == 1 else TeacherScores.cat(parts)
         return scores.to(home) if home != self.device else scores
 
@@ -226,7 +263,8 @@ class TeacherScorer:
             logprobs = torch.log_softmax(logits.float(), dim=-1)  # (b, T, V)
             token = logprobs.gather(-1, safe_ids).squeeze(-1)
         else:
-            # log p(x) = logit(x) − logsumexp(logits), in float32 a few rows at a time: no (b, T, V) float32 copy
+            # log p(x) = logit(x) − logsumexp(logits), in float32 a few rows at a time:
+            # no (b, T, V) float32 copy
             lse = logsumexp_rows(logits)  # (b, T)
             token = logits.gather(-1, safe_ids).squeeze(-1).float() - lse
         token = torch.where(in_vocab, token, torch.full_like(token, MASKED_LOG_PROB))
@@ -235,5 +273,7 @@ class TeacherScorer:
             return TeacherScores("full", token, logprobs=logprobs)
         if mode == "topk":
             values, indices = logits.topk(k, dim=-1)  # (b, T, k), descending (log-softmax keeps the order)
-            return TeacherScores("topk", token, topk_logprobs=values.float() - lse[..., None], topk_ids=indices)
+            return TeacherScores(
+                "topk", token, topk_logprobs=values.float() - lse[..., None], topk_ids=indices
+            )
         return TeacherScores("sampled", token)

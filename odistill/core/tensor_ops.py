@@ -49,8 +49,11 @@ class NonFiniteLossError(ValueError):
 
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float64 if any input is float64, float32 otherwise (bf16/fp16 are upcast). ``None`` entries are skipped."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    """float64 if any input is float64, float32 otherwise (bf16/fp16 are upcast). ``None`` entries are
+    skipped."""
+    return (
+        torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    )
 
 
 def check_reduction(reduction: str) -> None:
@@ -115,7 +118,8 @@ def scatter_rows(values: torch.Tensor, mask: torch.Tensor | None, batch_shape: t
 
 
 def floored_log_softmax(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
-    """``log softmax(logits / temperature)`` in ``dtype``, with ``log 0`` replaced by :data:`MASKED_LOG_PROB`."""
+    """``log softmax(logits / temperature)`` in ``dtype``, with ``log 0`` replaced by
+    :data:`MASKED_LOG_PROB`."""
     logp = torch.log_softmax(logits.to(dtype) / temperature, dim=-1)
     return torch.where(torch.isneginf(logp), torch.full_like(logp, MASKED_LOG_PROB), logp)
 
@@ -155,14 +159,17 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: 
     """
     temperature = check_temperature(temperature)
     if logits.shape[:-1] != tokens.shape:
-        raise ValueError(f"tokens {tuple(tokens.shape)} must match the batch shape of logits {tuple(logits.shape)}")
+        raise ValueError(
+            f"tokens {tuple(tokens.shape)} must match the batch shape of logits {tuple(logits.shape)}"
+        )
     dtype = compute_dtype(logits)
     picked = logits.gather(-1, tokens.unsqueeze(-1).long()).squeeze(-1).to(dtype) / temperature
     return picked - logsumexp_rows(logits, dtype=dtype, temperature=temperature)
 
 
-def logsumexp_rows(logits: torch.Tensor, *, dtype: torch.dtype = torch.float32,
-                   temperature: float = 1.0) -> torch.Tensor:
+def logsumexp_rows(
+    logits: torch.Tensor, *, dtype: torch.dtype = torch.float32, temperature: float = 1.0
+) -> torch.Tensor:
     """``logsumexp(logits / temperature, dim=-1)`` computed in ``dtype``. ``(..., V) -> (...)``
 
     When no gradient is needed it runs a few rows at a time, so low-precision logits are never upcast

@@ -26,7 +26,12 @@ import torch
 
 from .config import DistillConfig
 
-__all__ = ["write_dir_atomically", "save_training_checkpoint", "load_training_checkpoint", "latest_checkpoint"]
+__all__ = [
+    "write_dir_atomically",
+    "save_training_checkpoint",
+    "load_training_checkpoint",
+    "latest_checkpoint",
+]
 
 STATE_FILE = "trainer_state.pt"
 HISTORY_FILE = "trainer_state.json"
@@ -57,41 +62,64 @@ def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> P
     return target
 
 
-def save_training_checkpoint(path: str | Path, *, student, tokenizer, optimizer, scheduler, config: DistillConfig,
-                             step: int, history: list[dict], rngs: dict) -> Path:
+def save_training_checkpoint(
+    path: str | Path,
+    *,
+    student,
+    tokenizer,
+    optimizer,
+    scheduler,
+    config: DistillConfig,
+    step: int,
+    history: list[dict],
+    rngs: dict,
+) -> Path:
     """Write a training checkpoint (see the module docstring) atomically to ``path``."""
 
     def write(tmp: Path):
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.random.get_rng_state(),
-                    "python_rngs": {name: r.getstate() for name, r in rngs.items()}, "step": step},
-                   tmp / STATE_FILE)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.random.get_rng_state(),
+                "python_rngs": {name: r.getstate() for name, r in rngs.items()},
+                "step": step,
+            },
+            tmp / STATE_FILE,
+        )
         (tmp / HISTORY_FILE).write_text(json.dumps({"step": step, "history": history}, indent=1))
         config.save(tmp / CONFIG_FILE)
 
     return write_dir_atomically(path, write)
 
 
-def load_training_checkpoint(path: Path, *, student, optimizer, scheduler, rngs: dict,
-                             config: DistillConfig) -> tuple[int, list[dict]]:
-    """Load a training checkpoint into the live objects; return (the first step to run, the history so far)."""
+def load_training_checkpoint(
+    path: Path, *, student, optimizer, scheduler, rngs: dict, config: DistillConfig
+) -> tuple[int, list[dict]]:
+    """Load a training checkpoint into the live objects; return (the first step to run, the history so
+    far)."""
     from safetensors.torch import load_file
 
     state = torch.load(path / STATE_FILE, weights_only=False)
     saved = DistillConfig.load(path / CONFIG_FILE)
     if saved.seed != config.seed or saved.lmbda != config.lmbda or saved.batch_size != config.batch_size:
-        warnings.warn(f"resuming {path} with a config that differs from the saved one (seed/lmbda/batch_size); "
-                      "the run will not reproduce an uninterrupted one", stacklevel=3)
+        warnings.warn(
+            f"resuming {path} with a config that differs from the saved one (seed/lmbda/batch_size); "
+            "the run will not reproduce an uninterrupted one",
+            stacklevel=3,
+        )
     weights = {}
     for file in sorted(path.glob("*.safetensors")):
         weights.update(load_file(file))
     missing, unexpected = student.load_state_dict(weights, strict=False)
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are saved once
     if real_missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit this student: missing {real_missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"checkpoint {path} does not fit this student: missing {real_missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.random.set_rng_state(state["torch_rng"])
@@ -110,7 +138,9 @@ def latest_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if (path / STATE_FILE).is_file():
         return path
-    candidates = sorted(p for p in path.glob("checkpoint-*") if (p / STATE_FILE).is_file()) if path.is_dir() else []
+    candidates = (
+        sorted(p for p in path.glob("checkpoint-*") if (p / STATE_FILE).is_file()) if path.is_dir() else []
+    )
     if not candidates:
         raise FileNotFoundError(
             f"no checkpoint to resume from in {str(path)!r}: expected a folder written by distill() (with "

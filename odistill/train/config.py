@@ -34,7 +34,8 @@ from .schedules import SCHEDULES
 
 __all__ = ["DistillConfig", "PRESETS", "ConfigError", "SECTIONS", "field_choices"]
 
-#: The sections the fields are grouped in, in order (API docs, ``--help``, :meth:`DistillConfig.describe_fields`).
+#: The sections the fields are grouped in, in order (API docs, ``--help``,
+#: :meth:`DistillConfig.describe_fields`).
 SECTIONS = ("what to minimise", "sampling", "loss", "optimisation", "bookkeeping", "data")
 
 
@@ -68,30 +69,61 @@ class DistillConfig:
     """
 
     # what to minimise, on which data
-    lmbda: float = _option(1.0, "probability that a batch is sampled by the student (1 = on-policy, 0 = off-policy)",
-                           "what to minimise")
-    beta: float = _option(1.0, "generalized JSD weight: 0 = forward KL(teacher‖student), 1 = reverse "
-                               "KL(student‖teacher); used by divergence='jsd'", "what to minimise")
-    divergence: str = _option("jsd", "the divergence of the 'full' estimator ('jsd' uses beta, the skew KLs alpha)",
-                              "what to minimise", choices=lambda: DIVERGENCES)
-    alpha: float = _option(0.1, "skew α of skew_forward_kl / skew_reverse_kl (DistiLLM uses 0.1), in [0, 1)",
-                           "what to minimise")
-    estimator: str = _option("full", "'full': analytic divergence over the vocabulary (GKD); 'sampled': per-token "
-                                     "reverse KL of the sampled tokens with an importance-sampling loss (Thinking "
-                                     "Machines)", "what to minimise", choices=("full", "sampled"))
-    seq_kd: bool = _option(False, "off-policy batches are sampled from the teacher instead of taken from the dataset",
-                           "what to minimise")
-    teacher_top_k: int | None = _option(None, "score the teacher in top-k mode with this k ('full' estimator only)",
-                                        "what to minimise")
-    fused_lm_head: bool = _option(False, "compute the 'full' loss from both models' hidden states and LM heads, "
-                                         "never building (B, T, V) logits (same numbers)", "what to minimise")
+    lmbda: float = _option(
+        1.0,
+        "probability that a batch is sampled by the student (1 = on-policy, 0 = off-policy)",
+        "what to minimise",
+    )
+    beta: float = _option(
+        1.0,
+        "generalized JSD weight: 0 = forward KL(teacher‖student), 1 = reverse "
+        "KL(student‖teacher); used by divergence='jsd'",
+        "what to minimise",
+    )
+    divergence: str = _option(
+        "jsd",
+        "the divergence of the 'full' estimator ('jsd' uses beta, the skew KLs alpha)",
+        "what to minimise",
+        choices=lambda: DIVERGENCES,
+    )
+    alpha: float = _option(
+        0.1, "skew α of skew_forward_kl / skew_reverse_kl (DistiLLM uses 0.1), in [0, 1)", "what to minimise"
+    )
+    estimator: str = _option(
+        "full",
+        "'full': analytic divergence over the vocabulary (GKD); 'sampled': per-token "
+        "reverse KL of the sampled tokens with an importance-sampling loss (Thinking "
+        "Machines)",
+        "what to minimise",
+        choices=("full", "sampled"),
+    )
+    seq_kd: bool = _option(
+        False,
+        "off-policy batches are sampled from the teacher instead of taken from the dataset",
+        "what to minimise",
+    )
+    teacher_top_k: int | None = _option(
+        None, "score the teacher in top-k mode with this k ('full' estimator only)", "what to minimise"
+    )
+    fused_lm_head: bool = _option(
+        False,
+        "compute the 'full' loss from both models' hidden states and LM heads, "
+        "never building (B, T, V) logits (same numbers)",
+        "what to minimise",
+    )
     # sampling
     temperature: float = _option(1.0, "sampling temperature of the rollouts", "sampling")
-    top_p: float = _option(1.0, "nucleus sampling threshold in (0, 1]; 1 keeps the whole distribution", "sampling")
+    top_p: float = _option(
+        1.0, "nucleus sampling threshold in (0, 1]; 1 keeps the whole distribution", "sampling"
+    )
     top_k: int = _option(0, "sample only from the top_k likeliest tokens; 0 keeps all", "sampling")
     max_new_tokens: int = _option(16, "longest completion, EOS included", "sampling")
-    sampler_backend: str = _option("hf", "sampling backend, a key of odistill.core.sampler.BACKENDS", "sampling",
-                                   choices=lambda: BACKENDS)
+    sampler_backend: str = _option(
+        "hf",
+        "sampling backend, a key of odistill.core.sampler.BACKENDS",
+        "sampling",
+        choices=lambda: BACKENDS,
+    )
     # loss
     loss_temperature: float = _option(1.0, "temperature of both distributions inside the 'full' loss", "loss")
     # optimisation
@@ -99,10 +131,13 @@ class DistillConfig:
     grad_accum: int = _option(1, "micro-batches per optimizer step", "optimisation")
     lr: float = _option(3e-4, "peak learning rate (AdamW)", "optimisation")
     weight_decay: float = _option(0.0, "AdamW weight decay", "optimisation")
-    lr_schedule: str = _option("constant", "learning-rate schedule after warm-up", "optimisation",
-                               choices=lambda: SCHEDULES)
+    lr_schedule: str = _option(
+        "constant", "learning-rate schedule after warm-up", "optimisation", choices=lambda: SCHEDULES
+    )
     warmup_steps: int = _option(0, "steps of linear learning-rate warm-up", "optimisation")
-    max_grad_norm: float | None = _option(1.0, "clip the gradient norm to this (None: no clipping)", "optimisation")
+    max_grad_norm: float | None = _option(
+        1.0, "clip the gradient norm to this (None: no clipping)", "optimisation"
+    )
     steps: int = _option(200, "student optimizer steps", "optimisation")
     # bookkeeping
     eval_every: int = _option(0, "evaluate every N steps (0: only before and after training)", "bookkeeping")
@@ -111,22 +146,38 @@ class DistillConfig:
     log_every: int = _option(10, "update the progress bar's loss every N steps", "bookkeeping")
     seed: int = _option(0, "seed of the prompts, the λ coin and the samples", "bookkeeping")
     device: str = _option("auto", "'auto', 'cpu', 'cuda', 'cuda:1' …", "bookkeeping", cli=False)
-    mixed_precision: str = _option("no", "accelerate mixed precision: 'no', 'bf16' or 'fp16'", "bookkeeping",
-                                   choices=("no", "bf16", "fp16"), cli=False)
-    teacher_micro_batch_size: int | None = _option(None, "score this many rows per teacher forward pass (None: all)",
-                                                   "bookkeeping", cli=False)
-    teacher_device: str | None = _option(None, "where the teacher runs (None: the student's device)", "bookkeeping",
-                                         cli=False)
+    mixed_precision: str = _option(
+        "no",
+        "accelerate mixed precision: 'no', 'bf16' or 'fp16'",
+        "bookkeeping",
+        choices=("no", "bf16", "fp16"),
+        cli=False,
+    )
+    teacher_micro_batch_size: int | None = _option(
+        None, "score this many rows per teacher forward pass (None: all)", "bookkeeping", cli=False
+    )
+    teacher_device: str | None = _option(
+        None, "where the teacher runs (None: the student's device)", "bookkeeping", cli=False
+    )
     progress: bool = _option(True, "show a progress bar", "bookkeeping", cli=False)
-    report_to: tuple[str, ...] = _option((), "more loggers of the per-step metrics, names of "
-                                             "odistill.train.loggers.LOGGERS ('jsonl': output_dir/metrics.jsonl)",
-                                         "bookkeeping", cli=False)
+    report_to: tuple[str, ...] = _option(
+        (),
+        "more loggers of the per-step metrics, names of "
+        "odistill.train.loggers.LOGGERS ('jsonl': output_dir/metrics.jsonl)",
+        "bookkeeping",
+        cli=False,
+    )
     # data
-    prompt_column: str = _option("prompt", "dataset column of the prompts (strings or chat messages)", "data",
-                                 cli=False)
-    completion_column: str | None = _option(None, "dataset column of off-policy completions (None: 'completion', "
-                                                   "else 'answer', else the last assistant message)", "data",
-                                            cli=False)
+    prompt_column: str = _option(
+        "prompt", "dataset column of the prompts (strings or chat messages)", "data", cli=False
+    )
+    completion_column: str | None = _option(
+        None,
+        "dataset column of off-policy completions (None: 'completion', "
+        "else 'answer', else the last assistant message)",
+        "data",
+        cli=False,
+    )
 
     def __post_init__(self):
         self.validate()
@@ -140,58 +191,96 @@ class DistillConfig:
 
     def _validate_values(self) -> None:
         for name in ("lmbda", "beta"):
-            _need(_is_number(getattr(self, name)) and 0.0 <= getattr(self, name) <= 1.0,
-                  f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        _need(_is_number(self.alpha) and 0.0 <= self.alpha < 1.0,
-              f"alpha must be in [0, 1) (α = 1 makes the skew KL identically 0), got {self.alpha!r}")
+            _need(
+                _is_number(getattr(self, name)) and 0.0 <= getattr(self, name) <= 1.0,
+                f"{name} must be in [0, 1], got {getattr(self, name)!r}",
+            )
+        _need(
+            _is_number(self.alpha) and 0.0 <= self.alpha < 1.0,
+            f"alpha must be in [0, 1) (α = 1 makes the skew KL identically 0), got {self.alpha!r}",
+        )
         for f in fields(self):
             choices = field_choices(f)
             if choices is not None:
-                _need(getattr(self, f.name) in choices, f"{f.name} must be one of {list(choices)}, "
-                      f"got {getattr(self, f.name)!r}")
+                _need(
+                    getattr(self, f.name) in choices,
+                    f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}",
+                )
         for name in ("temperature", "loss_temperature", "lr"):
             v = getattr(self, name)
-            _need(_is_number(v) and v > 0 and math.isfinite(v), f"{name} must be a finite number > 0, got {v!r}")
+            _need(
+                _is_number(v) and v > 0 and math.isfinite(v), f"{name} must be a finite number > 0, got {v!r}"
+            )
         _need(_is_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
         for name in ("max_new_tokens", "batch_size", "grad_accum", "steps", "log_every"):
-            _need(_is_int(getattr(self, name), 1), f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+            _need(
+                _is_int(getattr(self, name), 1),
+                f"{name} must be an integer >= 1, got {getattr(self, name)!r}",
+            )
         for name in ("top_k", "eval_every", "save_every", "warmup_steps", "seed"):
-            _need(_is_int(getattr(self, name), 0), f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        _need(_is_number(self.weight_decay) and self.weight_decay >= 0,
-              f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        _need(self.max_grad_norm is None or (_is_number(self.max_grad_norm) and self.max_grad_norm > 0),
-              f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+            _need(
+                _is_int(getattr(self, name), 0),
+                f"{name} must be an integer >= 0, got {getattr(self, name)!r}",
+            )
+        _need(
+            _is_number(self.weight_decay) and self.weight_decay >= 0,
+            f"weight_decay must be >= 0, got {self.weight_decay!r}",
+        )
+        _need(
+            self.max_grad_norm is None or (_is_number(self.max_grad_norm) and self.max_grad_norm > 0),
+            f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}",
+        )
         for name in ("teacher_top_k", "teacher_micro_batch_size"):
             v = getattr(self, name)
             _need(v is None or _is_int(v, 1), f"{name} must be an integer >= 1 or None, got {v!r}")
         for name in ("seq_kd", "fused_lm_head", "progress"):
-            _need(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
-        _need(isinstance(self.report_to, list | tuple) and all(n in LOGGERS for n in self.report_to),
-              f"report_to must be a list of logger names from {sorted(LOGGERS)}, got {self.report_to!r}")
+            _need(
+                isinstance(getattr(self, name), bool),
+                f"{name} must be True or False, got {getattr(self, name)!r}",
+            )
+        _need(
+            isinstance(self.report_to, list | tuple) and all(n in LOGGERS for n in self.report_to),
+            f"report_to must be a list of logger names from {sorted(LOGGERS)}, got {self.report_to!r}",
+        )
         self.report_to = tuple(self.report_to)
-        _need(isinstance(self.device, str) and self.device != "", f"device must be a string like 'auto', "
-              f"got {self.device!r}")
+        _need(
+            isinstance(self.device, str) and self.device != "",
+            f"device must be a string like 'auto', got {self.device!r}",
+        )
 
     def _validate_combinations(self) -> None:
-        _need(not (self.teacher_top_k and self.estimator == "sampled"),
-              "teacher_top_k applies to the 'full' estimator; the 'sampled' estimator needs only sampled-token "
-              "log-probs")
-        _need(not (self.fused_lm_head and (self.estimator == "sampled" or self.teacher_top_k)),
-              "fused_lm_head computes the 'full' estimator from the teacher's whole distribution: it does not "
-              "combine with estimator='sampled' or teacher_top_k (set fused_lm_head=False, or use the full "
-              "estimator without teacher_top_k)")
-        _need(not (self.estimator == "sampled" and self.lmbda < 1 and not self.seq_kd),
-              "estimator='sampled' needs the probability of each sampled token under the distribution it was "
-              f"drawn from, which dataset completions do not have: use lmbda=1 (fully on-policy, got {self.lmbda}), "
-              "or seq_kd=True (off-policy batches sampled from the teacher), or estimator='full'")
-        _need(self.save_every == 0 or self.output_dir, "save_every > 0 needs an output_dir to write checkpoints to")
-        _need("jsonl" not in self.report_to or self.output_dir, "report_to 'jsonl' needs an output_dir to write "
-              "metrics.jsonl to")
+        _need(
+            not (self.teacher_top_k and self.estimator == "sampled"),
+            "teacher_top_k applies to the 'full' estimator; the 'sampled' estimator needs only sampled-token "
+            "log-probs",
+        )
+        _need(
+            not (self.fused_lm_head and (self.estimator == "sampled" or self.teacher_top_k)),
+            "fused_lm_head computes the 'full' estimator from the teacher's whole distribution: it does not "
+            "combine with estimator='sampled' or teacher_top_k (set fused_lm_head=False, or use the full "
+            "estimator without teacher_top_k)",
+        )
+        _need(
+            not (self.estimator == "sampled" and self.lmbda < 1 and not self.seq_kd),
+            "estimator='sampled' needs the probability of each sampled token under the distribution it was "
+            "drawn from, which dataset completions do not have: "
+            f"use lmbda=1 (fully on-policy, got {self.lmbda}), "
+            "or seq_kd=True (off-policy batches sampled from the teacher), or estimator='full'",
+        )
+        _need(
+            self.save_every == 0 or self.output_dir,
+            "save_every > 0 needs an output_dir to write checkpoints to",
+        )
+        _need(
+            "jsonl" not in self.report_to or self.output_dir,
+            "report_to 'jsonl' needs an output_dir to write metrics.jsonl to",
+        )
 
     # ------------------------------------------------------------------ helpers
     @property
     def divergence_weight(self) -> float | None:
-        """The parameter of the chosen divergence: ``beta`` for 'jsd', ``alpha`` for the skew KLs, else None."""
+        """The parameter of the chosen divergence: ``beta`` for 'jsd', ``alpha`` for the skew KLs, else
+        None."""
         param = DIVERGENCES[self.divergence].param
         return None if param is None else float(getattr(self, param))
 
@@ -206,7 +295,9 @@ class DistillConfig:
     def describe(self) -> str:
         """One line: data source · divergence · estimator."""
         lam = f"{self.lmbda:g}"
-        data = {1.0: f"on-policy (λ={lam})", 0.0: f"off-policy (λ={lam})"}.get(float(self.lmbda), f"mixed (λ={lam})")
+        data = {1.0: f"on-policy (λ={lam})", 0.0: f"off-policy (λ={lam})"}.get(
+            float(self.lmbda), f"mixed (λ={lam})"
+        )
         if self.lmbda < 1 and self.seq_kd:
             data += " · seq-KD"
         if self.estimator == "sampled":
@@ -283,8 +374,21 @@ def _default(f):
 #: Named configurations: "tiny-cpu" trains a lab-bench student in a minute or two on 2 CPU cores;
 #: "gpu" is a starting point for real Hugging Face models on one GPU.
 PRESETS: dict[str, DistillConfig] = {
-    "tiny-cpu": DistillConfig(batch_size=64, lr=1e-3, steps=150, max_new_tokens=16, eval_every=25, device="cpu"),
-    "gpu": DistillConfig(batch_size=16, grad_accum=4, lr=1e-5, steps=1000, max_new_tokens=512, lr_schedule="cosine",
-                         warmup_steps=20, mixed_precision="bf16", teacher_micro_batch_size=4, eval_every=100,
-                         device="auto", estimator="sampled"),
+    "tiny-cpu": DistillConfig(
+        batch_size=64, lr=1e-3, steps=150, max_new_tokens=16, eval_every=25, device="cpu"
+    ),
+    "gpu": DistillConfig(
+        batch_size=16,
+        grad_accum=4,
+        lr=1e-5,
+        steps=1000,
+        max_new_tokens=512,
+        lr_schedule="cosine",
+        warmup_steps=20,
+        mixed_precision="bf16",
+        teacher_micro_batch_size=4,
+        eval_every=100,
+        device="auto",
+        estimator="sampled",
+    ),
 }

@@ -29,13 +29,15 @@ class PromptSource:
 
     def __init__(self, dataset, config: DistillConfig, need_completions: bool):
         if dataset is None or len(dataset) == 0:
-            raise DatasetError("the dataset is empty: distillation needs prompts (a 'prompt' column of strings)")
+            raise DatasetError(
+                "the dataset is empty: distillation needs prompts (a 'prompt' column of strings)"
+            )
         columns = _column_names(dataset)
         prompt_col = config.prompt_column
         if prompt_col not in columns and not (prompt_col == "prompt" and "messages" in columns):
             raise DatasetError(
-                f"the dataset has no {prompt_col!r} column (it has {columns}); add one with the prompt text or chat "
-                "messages, or set DistillConfig.prompt_column"
+                f"the dataset has no {prompt_col!r} column (it has {columns}); add one with the prompt text "
+                "or chat messages, or set DistillConfig.prompt_column"
             )
         self.prompts, self.completions = [], []
         use_messages = prompt_col not in columns
@@ -50,16 +52,19 @@ class PromptSource:
                 self.completions.append(self._completion(row, config, columns))
         if need_completions and any(c is None for c in self.completions):
             raise DatasetError(
-                f"off-policy batches (lmbda={config.lmbda} < 1, seq_kd=False) train on the dataset's completions, but "
-                f"the dataset has no completion column (it has {columns}): add a 'completion' or 'answer' column, set "
-                "DistillConfig.completion_column, use seq_kd=True to sample them from the teacher, or lmbda=1"
+                f"off-policy batches (lmbda={config.lmbda} < 1, seq_kd=False) train on the dataset's "
+                f"completions, but the dataset has no completion column (it has {columns}): "
+                "add a 'completion' or 'answer' column, set DistillConfig.completion_column, "
+                "use seq_kd=True to sample them from the teacher, or lmbda=1"
             )
 
     @staticmethod
     def _completion(row, config, columns):
         if config.completion_column is not None:
             if config.completion_column not in columns:
-                raise DatasetError(f"completion_column {config.completion_column!r} is not in the dataset ({columns})")
+                raise DatasetError(
+                    f"completion_column {config.completion_column!r} is not in the dataset ({columns})"
+                )
             return row[config.completion_column]
         for name in ("completion", "answer"):
             if name in columns:

@@ -4,7 +4,8 @@ The thread policy is the one place odistill sets torch's CPU threads (the CLI, t
 experiments and checkpoint training all use :func:`cpu_threads`): an explicit number wins; otherwise
 ``OMP_NUM_THREADS`` is respected when set; otherwise at most 2 threads — the lab bench's matrices are
 so small that more threads mostly wait on each other, and on a shared machine they wait on other
-processes too. Denormal floats are flushed while it is active (they can slow CPU math by 10× or more).
+processes too. Denormal floats are flushed while it is active (they can slow CPU math by an order of
+magnitude).
 """
 
 from __future__ import annotations

@@ -43,9 +43,12 @@ def lr_factor(name: str, step: int, total_steps: int, warmup_steps: int = 0) -> 
     return SCHEDULES[name]((step - warmup_steps) / max(1, total_steps - warmup_steps))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int,
-                   warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` that follows :func:`lr_factor` (step it once per optimizer step)."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown learning-rate schedule {name!r}; schedules: {sorted(SCHEDULES)}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(name, step, total_steps, warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(name, step, total_steps, warmup_steps)
+    )

@@ -28,7 +28,15 @@ from ..core.tensor_ops import NonFiniteLossError, token_log_probs
 from .config import DistillConfig
 from .data import PromptSource
 
-__all__ = ["TrainState", "teacher_mode", "make_rollouts", "score", "loss_and_metrics", "backward", "apply_update"]
+__all__ = [
+    "TrainState",
+    "teacher_mode",
+    "make_rollouts",
+    "score",
+    "loss_and_metrics",
+    "backward",
+    "apply_update",
+]
 
 
 @dataclass
@@ -89,10 +97,17 @@ def make_rollouts(state: TrainState, step: int, micro: int) -> Rollouts:
     config, world, rank = state.config, state.accelerator.num_processes, state.accelerator.process_index
     on_policy = state.coin.random() < config.lmbda
     global_batch = [state.picker.randrange(len(state.data)) for _ in range(config.batch_size * world)]
-    prompts, completions = state.data.batch(global_batch[rank * config.batch_size : (rank + 1) * config.batch_size])
-    sampling = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                    top_k=config.top_k, backend=config.sampler_backend,
-                    seed=config.seed * 1_000_003 + (step * config.grad_accum + micro) * world + rank)
+    prompts, completions = state.data.batch(
+        global_batch[rank * config.batch_size : (rank + 1) * config.batch_size]
+    )
+    sampling = dict(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        backend=config.sampler_backend,
+        seed=config.seed * 1_000_003 + (step * config.grad_accum + micro) * world + rank,
+    )
     if on_policy:
         return sample(state.student, state.tokenizer, prompts, source="student", **sampling)
     if config.seq_kd:
@@ -105,7 +120,9 @@ def score(state: TrainState, rollouts: Rollouts) -> TeacherScores:
     return state.teacher.score(rollouts, teacher_mode(state.config), k=state.config.teacher_top_k)
 
 
-def loss_and_metrics(state: TrainState, rollouts: Rollouts, scores: TeacherScores) -> tuple[torch.Tensor, dict]:
+def loss_and_metrics(
+    state: TrainState, rollouts: Rollouts, scores: TeacherScores
+) -> tuple[torch.Tensor, dict]:
     """The training loss of one batch (a NaN tensor when it is not finite) and its metrics.
 
     Metrics: ``reverse_kl``, the mean over counted tokens of ``log p_S(x_t) − log p_T(x_t)`` (the k1
@@ -122,7 +139,8 @@ def loss_and_metrics(state: TrainState, rollouts: Rollouts, scores: TeacherScore
 
 
 def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
-    """The full or sampled estimator from the student's completion logits, and log p_S, log p_T of each token."""
+    """The full or sampled estimator from the student's completion logits, and log p_S, log p_T of each
+    token."""
     config = state.config
     logits = completion_logits(state.model, rollouts, vocab_size=state.vocab)  # (B, T, V), with gradients
     mask, tokens = rollouts.completion_mask, rollouts.completion_ids.clamp_max(state.vocab - 1)
@@ -132,8 +150,15 @@ def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
         return loss, student_lp, scores.token_logprobs
     with torch.no_grad():  # only the metric needs it: no graph
         student_lp = token_log_probs(logits, tokens)
-    loss = distillation_loss(logits, scores, mask, divergence=config.divergence, beta=config.beta,
-                             alpha=config.alpha, temperature=config.loss_temperature)
+    loss = distillation_loss(
+        logits,
+        scores,
+        mask,
+        divergence=config.divergence,
+        beta=config.beta,
+        alpha=config.alpha,
+        temperature=config.loss_temperature,
+    )
     return loss, student_lp, scores.token_logprobs
 
 
@@ -147,9 +172,18 @@ def _fused_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
     device = hidden.device
     spec, param = get_divergence(config.divergence).resolve(config.divergence_weight)
     loss, student_lp, teacher_lp = fused_linear_divergence(
-        spec.name, hidden, weight, scores.hidden.to(device), t_weight.to(device), rollouts.completion_mask,
-        student_bias=bias, teacher_bias=None if t_bias is None else t_bias.to(device), weight=param,
-        temperature=config.loss_temperature, token_ids=rollouts.completion_ids.clamp_max(state.vocab - 1))
+        spec.name,
+        hidden,
+        weight,
+        scores.hidden.to(device),
+        t_weight.to(device),
+        rollouts.completion_mask,
+        student_bias=bias,
+        teacher_bias=None if t_bias is None else t_bias.to(device),
+        weight=param,
+        temperature=config.loss_temperature,
+        token_ids=rollouts.completion_ids.clamp_max(state.vocab - 1),
+    )
     return loss, student_lp, teacher_lp  # hidden scores carry no token log-probs: the fused loss made them
 
 
@@ -181,7 +215,11 @@ def apply_update(state: TrainState, finite: bool, step: int) -> tuple[bool, floa
         state.optimizer.step()
         state.scheduler.step()
     else:
-        warnings.warn(f"step {step}: the loss or its gradient is not finite; the update was skipped "
-                      "(not applied to the weights)", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"step {step}: the loss or its gradient is not finite; the update was skipped "
+            "(not applied to the weights)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     state.optimizer.zero_grad(set_to_none=True)
     return applied, float(grad_norm)

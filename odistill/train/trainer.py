@@ -63,9 +63,17 @@ class DistillResult:
         return [row for row in self.history if any(k.startswith("eval/") for k in row)]
 
 
-def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None = None, *,
-            eval_fn: Callable[[torch.nn.Module], dict] | None = None, callback: Callable[[dict], None] | None = None,
-            resume_from: str | Path | None = None) -> DistillResult:
+def distill(
+    student,
+    teacher,
+    tokenizer,
+    dataset,
+    config: DistillConfig | None = None,
+    *,
+    eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+    callback: Callable[[dict], None] | None = None,
+    resume_from: str | Path | None = None,
+) -> DistillResult:
     """Distil ``teacher`` into ``student`` on the prompts of ``dataset``.
 
     Args:
@@ -119,8 +127,9 @@ def distill(student, teacher, tokenizer, dataset, config: DistillConfig | None =
     seconds = time.perf_counter() - start
     state.accelerator.wait_for_everyone()
     state.student.eval()
-    return DistillResult(student=state.student, history=state.history, seconds=seconds,
-                         skipped_steps=state.skipped_steps)
+    return DistillResult(
+        student=state.student, history=state.history, seconds=seconds, skipped_steps=state.skipped_steps
+    )
 
 
 def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_from=None) -> TrainState:
@@ -132,7 +141,9 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
     torch.manual_seed(config.seed + accelerator.process_index)
     teacher = _as_teacher(teacher, config, vocab, accelerator.device)
     if config.fused_lm_head:
-        lm_head_of(student, vocab)  # a clear error before any work if the student's logits are not hidden @ W.T
+        lm_head_of(
+            student, vocab
+        )  # a clear error before any work if the student's logits are not hidden @ W.T
     student.to(accelerator.device)
     student.train()
     params = [p for p in student.parameters() if p.requires_grad]
@@ -142,15 +153,30 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.steps, config.warmup_steps)
     # the scheduler stays unprepared: accelerate would step it once per process
     model, optimizer = accelerator.prepare(student, optimizer)
-    state = TrainState(config=config, accelerator=accelerator, model=model, student=accelerator.unwrap_model(model),
-                       teacher=teacher, tokenizer=tokenizer, data=data, vocab=vocab, optimizer=optimizer,
-                       scheduler=scheduler, params=params,
-                       coin=random.Random(config.seed),  # identical on every process: all agree on on/off-policy
-                       picker=random.Random(config.seed + 1))  # identical everywhere: disjoint slices of one batch
+    state = TrainState(
+        config=config,
+        accelerator=accelerator,
+        model=model,
+        student=accelerator.unwrap_model(model),
+        teacher=teacher,
+        tokenizer=tokenizer,
+        data=data,
+        vocab=vocab,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=params,
+        coin=random.Random(config.seed),  # identical on every process: all agree on on/off-policy
+        picker=random.Random(config.seed + 1),
+    )  # identical everywhere: disjoint slices of one batch
     if resume_from is not None:
         state.first_step, state.history = load_training_checkpoint(
-            latest_checkpoint(resume_from), student=state.student, optimizer=optimizer, scheduler=scheduler,
-            rngs=state.rngs, config=config)
+            latest_checkpoint(resume_from),
+            student=state.student,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            rngs=state.rngs,
+            config=config,
+        )
     return state
 
 
@@ -158,16 +184,26 @@ def _as_teacher(teacher, config: DistillConfig, vocab: int, device):
     """A local model becomes a :class:`TeacherScorer`; anything else must already be a Teacher."""
     mode = teacher_mode(config)
     if isinstance(teacher, torch.nn.Module):
-        return TeacherScorer(teacher, mode=mode, k=config.teacher_top_k or 1, device=config.teacher_device or device,
-                             micro_batch_size=config.teacher_micro_batch_size, vocab_size=vocab)
+        return TeacherScorer(
+            teacher,
+            mode=mode,
+            k=config.teacher_top_k or 1,
+            device=config.teacher_device or device,
+            micro_batch_size=config.teacher_micro_batch_size,
+            vocab_size=vocab,
+        )
     if not callable(getattr(teacher, "score", None)):
-        raise TypeError(f"teacher must be a torch.nn.Module or a Teacher (with vocab_size and score()), got "
-                        f"{type(teacher).__name__}")
+        raise TypeError(
+            f"teacher must be a torch.nn.Module or a Teacher (with vocab_size and score()), got "
+            f"{type(teacher).__name__}"
+        )
     needs = {"sample": config.seq_kd and config.lmbda < 1, "lm_head": mode == "hidden"}
     for member, needed in needs.items():
         if needed and not callable(getattr(teacher, member, None)):
-            raise TypeError(f"{type(teacher).__name__} has no {member}(), which this config needs "
-                            f"({'seq_kd=True' if member == 'sample' else 'fused_lm_head=True'})")
+            raise TypeError(
+                f"{type(teacher).__name__} has no {member}(), which this config needs "
+                f"({'seq_kd=True' if member == 'sample' else 'fused_lm_head=True'})"
+            )
     return teacher
 
 
@@ -188,13 +224,19 @@ def train_step(state: TrainState, step: int) -> dict:
         row["completion_length"] += rollouts.num_completion_tokens / len(rollouts) / config.grad_accum
     applied, grad_norm = apply_update(state, finite, step)
     seconds = time.perf_counter() - t0
-    row.update(grad_norm=grad_norm, skipped=not applied, seconds=seconds,
-               tokens_per_s=row["tokens"] / seconds if seconds > 0 else 0.0, lr=state.scheduler.get_last_lr()[0])
+    row.update(
+        grad_norm=grad_norm,
+        skipped=not applied,
+        seconds=seconds,
+        tokens_per_s=row["tokens"] / seconds if seconds > 0 else 0.0,
+        lr=state.scheduler.get_last_lr()[0],
+    )
     return row
 
 
 def maybe_eval(state: TrainState, row: dict, eval_fn, loggers) -> None:
-    """Evaluate (before training, every ``eval_every`` steps, after the last step), then record and log ``row``."""
+    """Evaluate (before training, every ``eval_every`` steps, after the last step), then record and log
+    ``row``."""
     config, step = state.config, row["step"]
     due = step in (0, config.steps) or (config.eval_every and step % config.eval_every == 0)
     if eval_fn is not None and due and state.accelerator.is_main_process:
@@ -220,15 +262,27 @@ def maybe_checkpoint(state: TrainState, step: int) -> None:
 
 def checkpoint_on_interrupt(state: TrainState) -> None:
     """On Ctrl-C: save the last finished step (when there is an ``output_dir``) and say how to resume."""
-    done = state.history[-1]["step"] if state.history and "loss" in state.history[-1] else state.first_step - 1
+    done = (
+        state.history[-1]["step"] if state.history and "loss" in state.history[-1] else state.first_step - 1
+    )
     if state.config.output_dir and state.accelerator.is_main_process and done >= state.first_step:
         target = _save(state, done)
-        warnings.warn(f"interrupted: saved a checkpoint of step {done} to {target}; continue with "
-                      f"resume_from={str(state.config.output_dir)!r} (odistill distill --resume)", stacklevel=3)
+        warnings.warn(
+            f"interrupted: saved a checkpoint of step {done} to {target}; continue with "
+            f"resume_from={str(state.config.output_dir)!r} (odistill distill --resume)",
+            stacklevel=3,
+        )
 
 
 def _save(state: TrainState, step: int) -> Path:
     return save_training_checkpoint(
-        Path(state.config.output_dir) / f"checkpoint-{step:06d}", student=state.student, tokenizer=state.tokenizer,
-        optimizer=state.optimizer, scheduler=state.scheduler, config=state.config, step=step, history=state.history,
-        rngs=state.rngs)
+        Path(state.config.output_dir) / f"checkpoint-{step:06d}",
+        student=state.student,
+        tokenizer=state.tokenizer,
+        optimizer=state.optimizer,
+        scheduler=state.scheduler,
+        config=state.config,
+        step=step,
+        history=state.history,
+        rngs=state.rngs,
+    )

@@ -32,11 +32,26 @@ def spy(model, tokenizer, prompts, **kw):
 
 
 trainer_module.sample = spy
-cfg = DistillConfig(lmbda=1.0, steps=3, batch_size=4, max_new_tokens=4, lr=1e-2, device="cpu", progress=False,
-                    fused_lm_head=fused)
+cfg = DistillConfig(
+    lmbda=1.0,
+    steps=3,
+    batch_size=4,
+    max_new_tokens=4,
+    lr=1e-2,
+    device="cpu",
+    progress=False,
+    fused_lm_head=fused,
+)
 result = distill(student, teacher, tok, data, cfg)
 rank = int(os.environ["RANK"])
 fingerprint = [float(p.detach().double().sum()) for p in result.student.parameters()]
 with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-    json.dump({"world": int(os.environ["WORLD_SIZE"]), "prompts": seen, "fingerprint": fingerprint,
-               "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None}, f)
+    json.dump(
+        {
+            "world": int(os.environ["WORLD_SIZE"]),
+            "prompts": seen,
+            "fingerprint": fingerprint,
+            "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+        },
+        f,
+    )

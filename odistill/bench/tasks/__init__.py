@@ -11,7 +11,8 @@
 |---|---|---|
 | ``addition`` | one (exact match) | the quick default: ``023+456=`` → ``0479`` |
 | ``permutations`` | 120 per prompt (validity) | mode covering (forward KL) vs mode seeking (reverse KL) |
-| ``sorting`` | validity; teacher writes them sorted | exposure bias: a student's own slips, and recovering from them |
+| ``sorting`` | validity; teacher writes them sorted | exposure bias: a student's own slips, \
+and recovering from them |
 """
 
 from __future__ import annotations
@@ -59,5 +60,7 @@ def get_task(name: str | Task, **kwargs) -> Task:
             raise ValueError("pass keyword arguments only with a task name, not with a Task instance")
         return name
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; the tasks are {list_tasks()} (see odistill.bench.tasks.TASKS)")
+        raise ValueError(
+            f"unknown task {name!r}; the tasks are {list_tasks()} (see odistill.bench.tasks.TASKS)"
+        )
     return TASKS[name](**kwargs)

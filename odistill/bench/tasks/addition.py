@@ -13,18 +13,19 @@ class Addition(Task):
     """Add two zero-padded numbers: ``"023+456="`` → ``"0479"`` (the answer has ``digits + 1`` digits).
 
     Zero padding keeps every prompt and answer the same length, which makes the task easy to learn
-    (unpadded operands of different lengths are rare under uniform sampling and plateau near 90 %).
+    (unpadded operands of different lengths are rare under uniform sampling and much harder to learn).
     With ``reverse=True`` the digits of both operands and of the answer are written least-significant
     first (1234 + 5678 = 06912 is written ``"4321+8765="`` → ``"21960"``), the order in which a
     left-to-right model can carry: a harder variant for bigger experiments.
 
     Score: 1.0 for the exact answer string, 0.0 for anything else (wrong digits, too short, trailing text).
 
-    Shipped models: the teacher is 2 × 128 ("small"), 1500 steps (0.99 greedy). Learning this task has a
-    sharp phase transition (exact match jumps from ≈ 0.03 to ≈ 0.8 within ~100 steps, somewhere between
-    steps 300 and 900 depending on schedule and batch order), so the warm-started student is the same
-    size stopped *before* it: 400 steps, ≈ 0.01 exact match but always four digits with ≈ 47 % of digits
-    right — well-formed and usually wrong; distillation has to carry it over the transition.
+    Shipped models: the teacher is 2 × 128 ("small"), trained for 1500 steps. Learning this task has a
+    sharp phase transition (exact match jumps from near 0 to most answers within about a hundred steps,
+    at a point that depends on schedule and batch order), so the warm-started student is the same size
+    stopped *before* it, after 400 steps: always four digits, many of them right, but rarely the exact
+    answer — well-formed and usually wrong; distillation has to carry it over the transition. Each
+    checkpoint's ``odistill.json`` records its measured scores.
 
     Args:
         digits: digits per operand (1–9).
@@ -39,7 +40,9 @@ class Addition(Task):
     name = "addition"
     is_multi_answer = False
     teacher_recipe = TrainingRecipe(size="small", steps=1500, lr=2e-3, batch_size=64, seed=0)
-    student_recipe = TrainingRecipe(size="small", steps=400, lr=2e-3, batch_size=64, seed=0, schedule="constant")
+    student_recipe = TrainingRecipe(
+        size="small", steps=400, lr=2e-3, batch_size=64, seed=0, schedule="constant"
+    )
 
     def __init__(self, digits: int = 3, reverse: bool = False):
         if not 1 <= int(digits) <= 9:

@@ -43,7 +43,8 @@ def split_of(prompt: str) -> str:
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """How a shipped checkpoint is trained with :func:`odistill.bench.sft.train_sft` (fixed seed ⇒ reproducible).
+    """How a shipped checkpoint is trained with :func:`odistill.bench.sft.train_sft` (fixed seed ⇒
+    reproducible).
 
     Args:
         size: a key of :data:`odistill.bench.models.MODEL_SIZES`, e.g. ``"base"``.
@@ -89,7 +90,8 @@ class Task(ABC):
 
     @abstractmethod
     def score(self, prompt: str, completion: str) -> float:
-        """1.0 if ``completion`` is a correct (or valid) answer to ``prompt``, else 0.0. Never raises on it."""
+        """1.0 if ``completion`` is a correct (or valid) answer to ``prompt``, else 0.0.
+        Never raises on it."""
 
     def reference_answers(self, prompt: str) -> list[str]:
         """Every correct answer to ``prompt`` (one, for single-answer tasks)."""
@@ -146,11 +148,16 @@ class Task(ABC):
         rng = random.Random(f"{self.name}:{self.config()}:{split}:{seed}:answers")
         answers = [self.sample_answer(p, rng) for p in prompts]
         return Dataset.from_dict(
-            {"prompt": prompts, "answer": answers, "messages": [_chat(p, a) for p, a in zip(prompts, answers, strict=True)]}
+            {
+                "prompt": prompts,
+                "answer": answers,
+                "messages": [_chat(p, a) for p, a in zip(prompts, answers, strict=True)],
+            }
         )
 
     def make_sft_dataset(self, n: int, *, seed: int = 0, role: str = "teacher") -> Dataset:
-        """Training data for a shipped checkpoint: ``make_dataset(n, split="train")`` unless a task says otherwise.
+        """Training data for a shipped checkpoint: ``make_dataset(n, split="train")`` unless a task says
+        otherwise.
 
         A task may add a ``loss_start`` column (an index into ``answer``): supervised training then puts no
         loss on ``answer[:loss_start]``. :class:`~odistill.bench.tasks.sorting.Sorting` uses it to teach its
