@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2`: distil on CPU with gloo and
+"""Run by tests/train/test_distributed.py under `torchrun --nproc_per_node 2`: distil on CPU with gloo and
 write, per process, what it saw and a fingerprint of the trained weights."""
 
 import json

@@ -22,7 +22,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_path", ["logits", "fused"])
 def test_two_processes_stay_in_sync(tmp_path, loss_path):
-    script = Path(__file__).parent / "scripts" / "ddp_distill.py"
+    script = Path(__file__).parents[1] / "scripts" / "ddp_distill.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable,
