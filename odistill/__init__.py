@@ -80,7 +80,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     elif name in _MODULES:
         value = importlib.import_module(_MODULES[name])
-    elif f"odistill.{name}" in compat.MOVED_MODULES:  # a 0.1 module path: warns, then the module at its new home
+    elif f"odistill.{name}" in compat.MOVED_MODULES:  # a 0.1 module path: warns, gives its new home
         value = importlib.import_module(f"odistill.{name}")
     else:
         raise AttributeError(f"module 'odistill' has no attribute {name!r}")
