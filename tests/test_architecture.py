@@ -106,12 +106,30 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                 if w == v:
                     break
             if len(component) > 1:
-                found.append(sorted(component) + [sorted(component)[0]])
+                found.append(_cycle_path(graph, set(component)))
 
     for v in sorted(graph):
         if v not in index:
             visit(v)
     return found
+
+
+def _cycle_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """An actual cycle through the first module of a strongly connected component (breadth-first)."""
+    start = min(component)
+    parents, queue = {start: None}, [start]
+    while queue:
+        v = queue.pop(0)
+        for w in sorted(graph[v] & component):
+            if w == start:
+                path = [v]
+                while parents[path[-1]] is not None:
+                    path.append(parents[path[-1]])
+                return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, v, start]
+            if w not in parents:
+                parents[w] = v
+                queue.append(w)
+    return sorted(component)
 
 
 def test_the_package_follows_its_import_rules():

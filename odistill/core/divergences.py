@@ -54,8 +54,6 @@ from .tensor_ops import (
 )
 
 __all__ = [
-    "MASKED_LOG_PROB",
-    "NonFiniteLossError",
     "Divergence",
     "DIVERGENCES",
     "get_divergence",

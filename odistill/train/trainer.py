@@ -37,7 +37,7 @@ from .runtime import make_accelerator
 from .schedules import make_scheduler
 from .steps import TrainState, apply_update, backward, loss_and_metrics, make_rollouts, score, teacher_mode
 
-__all__ = ["distill", "DistillResult", "DatasetError", "latest_checkpoint"]
+__all__ = ["distill", "DistillResult"]
 
 
 @dataclass
