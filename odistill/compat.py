@@ -2,7 +2,11 @@
 
 The modules moved into the parts of the package (``odistill.core``, ``odistill.train``,
 ``odistill.bench``, ``odistill.classroom``). Importing an old path gives the module at its new home (the
-same object, so monkeypatching either name patches both) and a ``DeprecationWarning`` naming it.
+same object, so monkeypatching either name patches both) and a ``DeprecationWarning`` naming it. Names
+that moved to another module (:data:`MOVED_NAMES`, e.g. ``token_log_probs`` from ``divergences`` to
+``tensor_ops``) are reachable from the old path again. Two signatures changed: ``chunked_divergence`` takes
+a kernel instead of a name (the divergences call it for you), and the registry calls generalized JSD
+``"jsd"`` (``"generalized_jsd"`` is accepted as an alias).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import importlib.util
 import sys
 import warnings
 
-__all__ = ["MOVED_MODULES", "install_moved_modules"]
+__all__ = ["MOVED_MODULES", "MOVED_NAMES", "install_moved_modules"]
 
 #: Old module path → new module path.
 MOVED_MODULES = {
@@ -36,6 +40,21 @@ MOVED_MODULES = {
 }
 
 
+#: Names that moved to another module with the reorganisation: old module path → {name: new module}.
+#: Importing the old path makes them reachable from it again.
+MOVED_NAMES = {
+    "odistill.divergences": dict.fromkeys(("token_log_probs", "logsumexp_rows"), "odistill.core.tensor_ops"),
+    "odistill.chunked": dict.fromkeys(
+        ("fused_linear_divergence", "FUSED_CHUNK_ELEMENTS"), "odistill.core.fused"
+    ),
+    "odistill.rollouts": dict.fromkeys(
+        ("completion_logits", "completion_hidden", "lm_head_of", "position_ids_from_mask"),
+        "odistill.core.forward",
+    ),
+    "odistill.teacher": {"output_vocab_size": "odistill.core.forward"},
+}
+
+
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds an old module path and loads it as the module at its new home."""
 
@@ -52,6 +71,9 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             stacklevel=2,
         )
         module = importlib.import_module(new)
+        for name, home in MOVED_NAMES.get(spec.name, {}).items():
+            if not hasattr(module, name):
+                setattr(module, name, getattr(importlib.import_module(home), name))
         self._real_spec = module.__spec__  # the import system overwrites __spec__ after create_module
         return module
 

@@ -4,7 +4,7 @@
 #   bash scripts/build_checkpoints.sh            all tasks
 #   bash scripts/build_checkpoints.sh addition   one task
 #
-# Each model is trained with its task's recipe (odistill/tasks/<task>.py: teacher_recipe, student_recipe)
+# Each model is trained with its task's recipe (odistill/bench/tasks/<task>.py: teacher_recipe, student_recipe)
 # and a fixed seed, saved in bf16 with its tokenizer, and scored on 500 held-out prompts; the scores,
 # recipe and training time are written to odistill.json in the checkpoint folder. On a 2-core CPU the
 # whole set takes about 10 minutes. Results reproduce the shipped ones within noise (the same seed gives

@@ -36,12 +36,27 @@ def _module_name(root: Path, path: Path) -> str:
 
 
 def _imports(root: Path, path: Path, modules: set[str]) -> list[tuple[int, str, list[str]]]:
-    """``(line, imported module, names)`` for every import of an odistill module in ``path``."""
+    """``(line, imported module, names)`` for every import of an odistill module in ``path``: import
+    statements, ``importlib.import_module("odistill.…")`` calls, and ``alias._name`` attribute reads on a
+    module imported as a name (reported as importing ``_name`` from it)."""
     name = _module_name(root, path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    found, aliases = [], {}
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+        ):
+            arg = node.args[0] if node.args else None
+            if (
+                isinstance(arg, ast.Constant)
+                and isinstance(arg.value, str)
+                and arg.value.startswith(root.name)
+            ):
+                found.append((node.lineno, arg.value, []))
         if isinstance(node, ast.Import):
+            aliases.update({(a.asname or a.name): a.name for a in node.names if a.asname})
             found += [(node.lineno, a.name, []) for a in node.names if a.name.split(".")[0] == root.name]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -53,11 +68,22 @@ def _imports(root: Path, path: Path, modules: set[str]) -> list[tuple[int, str, 
             if target.split(".")[0] != root.name:
                 continue
             names = [a.name for a in node.names]
+            aliases.update(
+                {
+                    (a.asname or a.name): f"{target}.{a.name}"
+                    for a in node.names
+                    if f"{target}.{a.name}" in modules
+                }
+            )
             submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
             found += [(node.lineno, m, []) for m in submodules]  # `from . import chunked` imports a module
             rest = [n for n in names if f"{target}.{n}" not in modules]
             if rest or not submodules:
                 found.append((node.lineno, target, rest))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            if node.attr.startswith("_") and not node.attr.startswith("__"):
+                found.append((node.lineno, aliases[node.value.id], [node.attr]))
     return found
 
 
@@ -71,6 +97,8 @@ def check_tree(root: Path) -> list[str]:
         for line, target, names in _imports(root, path, modules):
             where = f"{path.relative_to(root.parent)}:{line}"
             target_part = target.split(".")[1] if target.count(".") >= 1 else None
+            if part is not None and target == root.name:  # the package root re-exports every part
+                violations.append(f"{where}: {module} ({part}) imports the package root {root.name}")
             if part is not None and target_part in ALLOWED and target_part not in ALLOWED[part]:
                 violations.append(f"{where}: {module} ({part}) imports {target} ({target_part})")
             for n in names:
@@ -163,6 +191,23 @@ def test_a_cycle_hidden_in_a_function_is_caught(tree_copy):
 def test_a_private_import_is_caught(tree_copy):
     _plant(tree_copy / "train" / "steps.py", "from ..core.divergences import _kl_rows")
     assert any("imports the private name _kl_rows" in v for v in check_tree(tree_copy))
+
+
+def test_private_attribute_of_an_imported_module_is_caught(tree_copy):
+    _plant(tree_copy / "core" / "fused.py", "from . import chunked\nROWS = chunked._Rows")
+    assert any(
+        "imports the private name _Rows from odistill.core.chunked" in v for v in check_tree(tree_copy)
+    )
+
+
+def test_root_and_dynamic_imports_are_caught(tree_copy):
+    _plant(tree_copy / "core" / "loss.py", "import odistill")
+    _plant(
+        tree_copy / "core" / "teacher.py", "import importlib\nimportlib.import_module('odistill.bench.tasks')"
+    )
+    found = check_tree(tree_copy)
+    assert any("imports the package root odistill" in v for v in found)
+    assert any("odistill.core.teacher (core) imports odistill.bench.tasks (bench)" in v for v in found)
 
 
 def test_train_importing_the_cli_is_caught(tree_copy):

@@ -341,6 +341,14 @@ def chunked_divergence(
     """
     if not callable(kernel):
         raise TypeError(f"kernel must be a chunk kernel of odistill.core.kernels, got {kernel!r}")
+    if getattr(kernel, "takes_weight", False):
+        if weight is None or not 0.0 < float(weight) < 1.0:
+            raise ValueError(
+                f"{kernel.__name__} needs a weight strictly inside (0, 1), got {weight!r}; at the end points "
+                "it is another divergence: use DIVERGENCES[name].resolve(weight)"
+            )
+    elif weight is not None:
+        raise ValueError(f"{kernel.__name__} takes no weight, got {weight!r}")
     vocab = student_logits.shape[-1]
     chunk_rows = default_chunk_rows(vocab) if chunk_size is None else int(chunk_size)
     if chunk_rows < 1:

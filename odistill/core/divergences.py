@@ -42,7 +42,6 @@ import torch
 from . import chunked, kernels
 from .tensor_ops import (
     MASKED_LOG_PROB,
-    NonFiniteLossError,
     active_rows,
     check_mask,
     check_reduction,
@@ -399,14 +398,16 @@ class Divergence:
     endpoints: Mapping[float, str] = field(default_factory=dict)
     gkd_beta: float | None = None
 
-    def resolve(self, weight: float | None) -> tuple[Divergence, float | None]:
-        """The divergence actually computed at parameter value ``weight``, and the weight it takes."""
+    def resolve(self, weight: float | None = None) -> tuple[Divergence, float | None]:
+        """The divergence actually computed at parameter value ``weight`` (None: the default), and the
+        weight it takes."""
         if self.param is None:
             return self, None
+        weight = self.default if weight is None else weight
         target = self.endpoints.get(float(weight))
         return (DIVERGENCES[target], None) if target is not None else (self, float(weight))
 
-    def effective_beta(self, weight: float | None) -> float | None:
+    def effective_beta(self, weight: float | None = None) -> float | None:
         """GKD's β for this divergence at ``weight``: 0 forward KL, 1 reverse KL, β for JSD, else None."""
         spec, weight = self.resolve(weight)
         if spec.gkd_beta is not None:
@@ -494,8 +495,14 @@ DIVERGENCES: dict[str, Divergence] = {
 }
 
 
+#: Other names accepted by :func:`get_divergence` (the public function's name for the registry key).
+ALIASES = {"generalized_jsd": "jsd"}
+
+
 def get_divergence(name: str) -> Divergence:
-    """The registered :class:`Divergence` called ``name``, or a ``ValueError`` listing the names."""
+    """The registered :class:`Divergence` called ``name`` (or an alias of :data:`ALIASES`), or a
+    ``ValueError`` listing the names."""
+    name = ALIASES.get(name, name)
     if name not in DIVERGENCES:
         raise ValueError(f"unknown divergence {name!r}; registered divergences: {sorted(DIVERGENCES)}")
     return DIVERGENCES[name]

@@ -29,7 +29,8 @@ log-probability was ``-inf`` (and floored), the plain path's gradient does not f
 entry; only ``∂/∂z_b`` of KL is affected, and it is then ``p_b ⟨p_a, f⟩ − p_a ⊙ f`` with ``f`` = 1 on the
 entries of ``b`` that are finite — the same numbers as autograd on the plain path.
 
-A new divergence adds its kernel here and names it in its :data:`odistill.core.divergences.DIVERGENCES`
+Kernels that take a weight carry ``kernel.takes_weight = True``. A new divergence adds its kernel here and
+names it in its :data:`odistill.core.divergences.DIVERGENCES`
 entry; the chunked and fused paths need no change.
 """
 
@@ -119,6 +120,12 @@ def _skew(la, lb, alpha, out_a, out_b, scale):
     return value
 
 
+def _takes_weight(kernel):
+    """Mark a kernel whose ``weight`` (β or α) must lie strictly inside (0, 1)."""
+    kernel.takes_weight = True
+    return kernel
+
+
 def forward_kl_kernel(ls, lt, weight, fin_s, fin_t, out_s, out_t, scale):
     """KL(p_T ‖ p_S): a = teacher, b = student."""
     return _kl(lt, ls, fin_s, out_t, out_s, scale)
@@ -129,6 +136,7 @@ def reverse_kl_kernel(ls, lt, weight, fin_s, fin_t, out_s, out_t, scale):
     return _kl(ls, lt, fin_t, out_s, out_t, scale)
 
 
+@_takes_weight
 def jsd_kernel(ls, lt, beta, fin_s, fin_t, out_s, out_t, scale):
     """β·KL(p_T ‖ M) + (1 − β)·KL(p_S ‖ M), M = β p_T + (1 − β) p_S, for 0 < β < 1."""
     ps, pt = torch.exp(ls), torch.exp(lt)
@@ -142,11 +150,13 @@ def jsd_kernel(ls, lt, beta, fin_s, fin_t, out_s, out_t, scale):
     return beta * kl_t + (1.0 - beta) * kl_s
 
 
+@_takes_weight
 def skew_forward_kl_kernel(ls, lt, alpha, fin_s, fin_t, out_s, out_t, scale):
     """KL(p_T ‖ α p_T + (1 − α) p_S), 0 < α < 1."""
     return _skew(lt, ls, alpha, out_t, out_s, scale)
 
 
+@_takes_weight
 def skew_reverse_kl_kernel(ls, lt, alpha, fin_s, fin_t, out_s, out_t, scale):
     """KL(p_S ‖ α p_S + (1 − α) p_T), 0 < α < 1."""
     return _skew(ls, lt, alpha, out_s, out_t, scale)

@@ -2,11 +2,12 @@
 
 A logger has three methods: ``start(config, first_step)`` before the first step, ``log(row)`` for each
 history row (a training step, or an evaluation-only row at step 0), and ``close()`` at the end, also
-after an error. Only the main process logs. Registered loggers (``DistillConfig.report_to``):
+after an error. The registered loggers run on the main process only (a ``distill(callback=...)`` runs
+on every process). Registered loggers (``DistillConfig.report_to``):
 
 ==========  ==================================================================================
 progress    a tqdm bar over the steps with the loss and reverse KL (``DistillConfig.progress``)
-jsonl       one JSON object per row appended to ``output_dir/metrics.jsonl``
+jsonl       one JSON object per row in ``output_dir/metrics.jsonl`` (a resumed run continues it)
 ==========  ==================================================================================
 
 A new logger is a class with those three methods, registered in :data:`LOGGERS`.
@@ -61,9 +62,18 @@ class JsonlLogger:
     FILE = "metrics.jsonl"
 
     def start(self, config, first_step: int) -> None:
+        """Open the file; a resumed run (``first_step > 1``) keeps only the rows before ``first_step``, so
+        the rows written after the checkpoint it resumes from are not there twice."""
         self.path = Path(config.output_dir) / self.FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = self.path.open("a")
+        kept = []
+        if first_step > 1 and self.path.is_file():
+            kept = [
+                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < first_step
+            ]
+        self.file = self.path.open("w")
+        self.file.write("".join(line + "\n" for line in kept))
+        self.file.flush()
 
     def log(self, row: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

@@ -1,6 +1,7 @@
 """The named steps of one optimizer step of :func:`odistill.distill`, and the state they share.
 
-    make_rollouts ─► score ─► loss_and_metrics ─► backward   (once per micro-batch)
+    make_rollouts ─► score ─► loss_and_metrics ─► backward   (once per micro-batch, the last two
+                                                              inside gradient_sync)
     apply_update                                              (once per optimizer step)
 
 Each step is a plain function of a :class:`TrainState`; :mod:`odistill.train.trainer` calls them in
@@ -187,17 +188,22 @@ def _fused_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
     return loss, student_lp, teacher_lp  # hidden scores carry no token log-probs: the fused loss made them
 
 
-def backward(state: TrainState, loss: torch.Tensor, *, last: bool) -> bool:
+def gradient_sync(state: TrainState, *, last: bool):
+    """The context of one micro-batch's forward and backward passes: gradients are all-reduced across
+    processes only on the last micro-batch of a step (``no_sync`` before it). The forward pass must run
+    inside it too, or DistributedDataParallel synchronises anyway."""
+    return contextlib.nullcontext() if last else state.accelerator.no_sync(state.model)
+
+
+def backward(state: TrainState, loss: torch.Tensor) -> bool:
     """Accumulate the gradient of ``loss / grad_accum``; returns whether the loss was finite.
 
-    Gradients are all-reduced across processes only on the last micro-batch (``no_sync`` before it). A
-    non-finite loss still takes part, as a zero loss connected to every parameter, so that no process
+    A non-finite loss still takes part, as a zero loss connected to every parameter, so that no process
     waits forever in the all-reduce.
     """
     finite = bool(torch.isfinite(loss))
     safe = loss if finite else sum((p * 0).sum() for p in state.params)
-    with contextlib.nullcontext() if last else state.accelerator.no_sync(state.model):
-        state.accelerator.backward(safe / state.config.grad_accum)
+    state.accelerator.backward(safe / state.config.grad_accum)
     return finite
 
 

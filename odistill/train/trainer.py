@@ -8,7 +8,7 @@ One optimizer step::
             ──► the teacher scores every completion token                 score
             ──► student forward on the same tokens, divergence per token  loss_and_metrics
             ──► backward (each micro-batch), clip, step                   backward, apply_update
-            ──► history row, loggers, evaluation, checkpoint              log, maybe_eval, maybe_checkpoint
+            ──► history row, evaluation, loggers, checkpoint              maybe_eval, log, maybe_checkpoint
 
 The steps live in :mod:`odistill.train.steps`; this module sets them up and runs them. Built on
 ``accelerate``: device placement, mixed precision, gradient accumulation and multi-process data
@@ -31,11 +31,20 @@ from ..core.rollouts import resolve_special_ids
 from ..core.teacher import TeacherScorer, check_vocab_compatible
 from .checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
 from .config import DistillConfig
-from .data import DatasetError, PromptSource
+from .data import PromptSource
 from .loggers import make_loggers
 from .runtime import make_accelerator
 from .schedules import make_scheduler
-from .steps import TrainState, apply_update, backward, loss_and_metrics, make_rollouts, score, teacher_mode
+from .steps import (
+    TrainState,
+    apply_update,
+    backward,
+    gradient_sync,
+    loss_and_metrics,
+    make_rollouts,
+    score,
+    teacher_mode,
+)
 
 __all__ = ["distill", "DistillResult"]
 
@@ -110,13 +119,14 @@ def distill(
     loggers = make_loggers(config, callback, state.accelerator.is_main_process)
     for logger in loggers:
         logger.start(config, state.first_step)
-    start = time.perf_counter()
     try:
-        if state.first_step == 1:
-            maybe_eval(state, {"step": 0}, eval_fn, loggers)
+        if state.first_step == 1 and eval_fn is not None:  # the evaluation before training is row 0
+            log(state, maybe_eval(state, {"step": 0}, eval_fn), loggers)
+        start = time.perf_counter()
         for step in range(state.first_step, config.steps + 1):
             row = train_step(state, step)
-            maybe_eval(state, row, eval_fn, loggers)
+            state.history.append(row)  # the update is applied: a checkpoint taken from here on includes it
+            log(state, maybe_eval(state, row, eval_fn), loggers, record=False)
             maybe_checkpoint(state, step)
     except KeyboardInterrupt:
         checkpoint_on_interrupt(state)
@@ -215,8 +225,9 @@ def train_step(state: TrainState, step: int) -> dict:
     for micro in range(config.grad_accum):
         rollouts = make_rollouts(state, step, micro)
         scores = score(state, rollouts)
-        loss, metrics = loss_and_metrics(state, rollouts, scores)
-        finite &= backward(state, loss, last=micro == config.grad_accum - 1)
+        with gradient_sync(state, last=micro == config.grad_accum - 1):
+            loss, metrics = loss_and_metrics(state, rollouts, scores)
+            finite &= backward(state, loss)
         row["on_policy"], row["source"] = rollouts.source == "student", rollouts.source
         row["loss"] += loss.item() / config.grad_accum
         row["reverse_kl"] += metrics["reverse_kl"] / config.grad_accum
@@ -234,9 +245,9 @@ def train_step(state: TrainState, step: int) -> dict:
     return row
 
 
-def maybe_eval(state: TrainState, row: dict, eval_fn, loggers) -> None:
-    """Evaluate (before training, every ``eval_every`` steps, after the last step), then record and log
-    ``row``."""
+def maybe_eval(state: TrainState, row: dict, eval_fn) -> dict:
+    """Evaluate when due (before training, every ``eval_every`` steps, after the last step) and add the
+    metrics to ``row`` as ``eval/<key>`` (main process only); returns ``row``."""
     config, step = state.config, row["step"]
     due = step in (0, config.steps) or (config.eval_every and step % config.eval_every == 0)
     if eval_fn is not None and due and state.accelerator.is_main_process:
@@ -246,9 +257,13 @@ def maybe_eval(state: TrainState, row: dict, eval_fn, loggers) -> None:
             metrics = eval_fn(state.student)
         state.student.train(was_training)
         row.update({f"eval/{k}": v for k, v in metrics.items()})
-    if step == 0 and eval_fn is None:
-        return  # no evaluation before training: no row for step 0
-    state.history.append(row)
+    return row
+
+
+def log(state: TrainState, row: dict, loggers, *, record: bool = True) -> None:
+    """Append ``row`` to the history (unless it is there already) and hand it to every logger."""
+    if record:
+        state.history.append(row)
     for logger in loggers:
         logger.log(row)
 

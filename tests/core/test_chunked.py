@@ -320,3 +320,22 @@ def test_every_registered_kernel_matches_its_plain_path(name):
     ht, wt = torch.randn(3, 7, 4, dtype=torch.float64), torch.randn(13, 4, dtype=torch.float64)
     fused = fused_linear_divergence(name, hs, ws, ht, wt, mask, weight=kw.get(spec.param), chunk_size=4)
     torch.testing.assert_close(fused, spec.function(hs @ ws.T, ht @ wt.T, mask, chunk_size=None, **kw))
+
+
+def test_chunked_kernels_refuse_weights_outside_the_open_interval():
+    s, t = torch.randn(3, 5), torch.randn(3, 5)
+    for bad in (0.0, 1.0, 1.5, None):
+        with pytest.raises(ValueError, match="needs a weight strictly inside \\(0, 1\\)"):
+            chunked.chunked_divergence(DIVERGENCES["jsd"].kernel, s, t, weight=bad)
+    with pytest.raises(ValueError, match="takes no weight"):
+        chunked.chunked_divergence(DIVERGENCES["reverse_kl"].kernel, s, t, weight=0.5)
+
+
+def test_registry_resolves_end_points_defaults_and_aliases():
+    jsd = DIVERGENCES["jsd"]
+    assert jsd.resolve(0.0)[0].name == "forward_kl" and jsd.resolve(1.0)[0].name == "reverse_kl"
+    assert jsd.resolve() == (jsd, 0.5) and jsd.describe() == "generalized JSD (β=0.5)"
+    assert DIVERGENCES["skew_reverse_kl"].resolve(0.0)[0].name == "reverse_kl"
+    assert DIVERGENCES["skew_forward_kl"].effective_beta() is None
+    assert DIVERGENCES["skew_forward_kl"].effective_beta(0.0) == 0.0
+    assert get_divergence("generalized_jsd") is jsd

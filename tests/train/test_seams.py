@@ -233,3 +233,71 @@ def test_old_module_paths_still_import_with_a_warning():
         import odistill.trainer as old
     assert old is new and old.__spec__.name == "odistill.train.trainer"
     assert any("odistill.trainer moved to odistill.train.trainer" in str(w.message) for w in caught)
+
+
+def test_forward_and_backward_run_inside_gradient_sync(char_tokenizer, monkeypatch):
+    """DDP synchronises gradients unless the forward pass too runs inside no_sync: check the order."""
+    import contextlib
+
+    import odistill.train.trainer as trainer
+
+    inside, seen = [], []
+    real_sync, real_loss = trainer.gradient_sync, trainer.loss_and_metrics
+
+    @contextlib.contextmanager
+    def sync(state, *, last):
+        inside.append(last)
+        with real_sync(state, last=last):
+            yield
+        inside.pop()
+
+    def loss(state, rollouts, scores):
+        seen.append(list(inside))
+        return real_loss(state, rollouts, scores)
+
+    monkeypatch.setattr(trainer, "gradient_sync", sync)
+    monkeypatch.setattr(trainer, "loss_and_metrics", loss)
+    v = len(char_tokenizer)
+    distill(
+        make_tiny_llama(v, seed=0),
+        make_tiny_llama(v, seed=1),
+        char_tokenizer,
+        DATA,
+        _cfg(steps=2, grad_accum=3),
+    )
+    assert seen == [[False], [False], [True]] * 2  # no sync on the first two micro-batches, sync on the last
+
+
+def test_jsonl_logger_continues_a_resumed_run_without_duplicates(char_tokenizer, tmp_path):
+    v = len(char_tokenizer)
+    cfg = _cfg(steps=4, save_every=2, report_to=["jsonl"], output_dir=str(tmp_path))
+    distill(make_tiny_llama(v, seed=0), make_tiny_llama(v, seed=1), char_tokenizer, DATA, cfg)
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
+    distill(
+        make_tiny_llama(v, seed=0),
+        make_tiny_llama(v, seed=1),
+        char_tokenizer,
+        DATA,
+        cfg,
+        resume_from=tmp_path / "checkpoint-000002",
+    )
+    again = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in again] == [1, 2, 3, 4]
+    assert again[:2] == rows[:2]
+
+
+def test_names_that_moved_module_are_reachable_from_the_old_path():
+    from odistill.core.forward import completion_logits
+    from odistill.core.fused import fused_linear_divergence
+    from odistill.core.tensor_ops import token_log_probs
+
+    for old in ("odistill.divergences", "odistill.chunked", "odistill.rollouts"):
+        sys.modules.pop(old, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from odistill.chunked import fused_linear_divergence as old_fused
+        from odistill.divergences import token_log_probs as old_token_log_probs
+        from odistill.rollouts import completion_logits as old_completion_logits
+    assert old_fused is fused_linear_divergence and old_token_log_probs is token_log_probs
+    assert old_completion_logits is completion_logits
