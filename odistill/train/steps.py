@@ -1,8 +1,7 @@
-"""The named steps of one optimizer step of :func:`odistill.distill`, and the state they share.
+"""The named steps of one optimizer step of :func:`odistill.distill`, and the state they share::
 
-    make_rollouts ─► score ─► loss_and_metrics ─► backward   (once per micro-batch, the last two
-                                                              inside gradient_sync)
-    apply_update                                              (once per optimizer step)
+    make_rollouts ─► score ─► [loss_and_metrics ─► backward]   once per micro-batch ([…]: in gradient_sync)
+    apply_update                                               once per optimizer step
 
 Each step is a plain function of a :class:`TrainState`; :mod:`odistill.train.trainer` calls them in
 order. They run on every process: each process draws its own slice of one global batch, and all agree
