@@ -383,6 +383,8 @@ class Divergence:
         default: that parameter's default value.
         endpoints: parameter values at which it *is* another registered divergence (by name), e.g.
             generalized JSD at β = 0 is forward KL. The chunked and fused paths compute that one.
+        config_field: the :class:`~odistill.train.config.DistillConfig` field that holds the parameter
+            (``"beta"``, ``"skew_alpha"``), or None.
         gkd_beta: the β of GKD's generalized JSD this divergence equals (forward KL 0, reverse KL 1),
             or None when it has no fixed β.
     """
@@ -397,6 +399,7 @@ class Divergence:
     default: float | None = None
     endpoints: Mapping[float, str] = field(default_factory=dict)
     gkd_beta: float | None = None
+    config_field: str | None = None
 
     def resolve(self, weight: float | None = None) -> tuple[Divergence, float | None]:
         """The divergence actually computed at parameter value ``weight`` (None: the default), and the
@@ -458,6 +461,7 @@ DIVERGENCES: dict[str, Divergence] = {
             "generalized JSD",
             "β·KL(p_T ‖ M) + (1 − β)·KL(p_S ‖ M), M = β·p_T + (1 − β)·p_S",
             param="beta",
+            config_field="beta",
             default=0.5,
             endpoints={0.0: "forward_kl", 1.0: "reverse_kl"},
         ),
@@ -469,6 +473,7 @@ DIVERGENCES: dict[str, Divergence] = {
             "skew forward KL",
             "KL(p_T ‖ α·p_T + (1 − α)·p_S)",
             param="alpha",
+            config_field="skew_alpha",
             default=0.1,
             endpoints={0.0: "forward_kl"},
         ),
@@ -480,6 +485,7 @@ DIVERGENCES: dict[str, Divergence] = {
             "skew reverse KL",
             "KL(p_S ‖ α·p_S + (1 − α)·p_T)",
             param="alpha",
+            config_field="skew_alpha",
             default=0.1,
             endpoints={0.0: "reverse_kl"},
         ),

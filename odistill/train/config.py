@@ -82,11 +82,11 @@ class DistillConfig:
     )
     divergence: str = _option(
         "jsd",
-        "the divergence of the 'full' estimator ('jsd' uses beta, the skew KLs alpha)",
+        "the divergence of the 'full' estimator ('jsd' uses beta, the skew KLs skew_alpha)",
         "what to minimise",
         choices=lambda: DIVERGENCES,
     )
-    alpha: float = _option(
+    skew_alpha: float = _option(
         0.1, "skew α of skew_forward_kl / skew_reverse_kl (DistiLLM uses 0.1), in [0, 1)", "what to minimise"
     )
     estimator: str = _option(
@@ -196,8 +196,8 @@ class DistillConfig:
                 f"{name} must be in [0, 1], got {getattr(self, name)!r}",
             )
         _need(
-            _is_number(self.alpha) and 0.0 <= self.alpha < 1.0,
-            f"alpha must be in [0, 1) (α = 1 makes the skew KL identically 0), got {self.alpha!r}",
+            _is_number(self.skew_alpha) and 0.0 <= self.skew_alpha < 1.0,
+            f"skew_alpha must be in [0, 1) (α = 1 makes the skew KL identically 0), got {self.skew_alpha!r}",
         )
         for f in fields(self):
             choices = field_choices(f)
@@ -279,10 +279,10 @@ class DistillConfig:
     # ------------------------------------------------------------------ helpers
     @property
     def divergence_weight(self) -> float | None:
-        """The parameter of the chosen divergence: ``beta`` for 'jsd', ``alpha`` for the skew KLs, else
-        None."""
-        param = DIVERGENCES[self.divergence].param
-        return None if param is None else float(getattr(self, param))
+        """The parameter of the chosen divergence (``beta`` for 'jsd', ``skew_alpha`` for the skew KLs), read
+        from the field its registry entry names; None for a divergence without one."""
+        name = DIVERGENCES[self.divergence].config_field
+        return None if name is None else float(getattr(self, name))
 
     @property
     def effective_beta(self) -> float | None:

@@ -156,7 +156,7 @@ def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
         mask,
         divergence=config.divergence,
         beta=config.beta,
-        alpha=config.alpha,
+        alpha=config.skew_alpha,
         temperature=config.loss_temperature,
     )
     return loss, student_lp, scores.token_logprobs

@@ -86,6 +86,9 @@ def test_fused_token_logprobs_are_the_models_own_at_temperature_one():
         dict(lmbda=1.0, beta=0.5, loss_temperature=2.0),
         dict(lmbda=0.0, beta=0.0),
         dict(lmbda=1.0, divergence="forward_kl"),
+        dict(lmbda=1.0, divergence="skew_reverse_kl", skew_alpha=0.2),
+        dict(lmbda=0.0, divergence="skew_forward_kl", skew_alpha=0.1),
+        dict(lmbda=1.0, divergence="total_variation"),
     ],
 )
 def test_distill_fused_matches_the_logits_path(char_tokenizer, kw):

@@ -94,10 +94,10 @@ def test_every_registered_divergence_reaches_the_loss_config_and_cli():
         want = spec.function(s, t, mask, chunk_size=None, **params)
         got = distillation_loss(s, t, mask, divergence=name, beta=0.3, alpha=0.3)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-        config = DistillConfig(divergence=name, beta=0.3, alpha=0.3)
+        config = DistillConfig(divergence=name, beta=0.3, skew_alpha=0.3)
         assert config.describe().split(" · ")[1] == spec.describe(0.3 if spec.param else None)
     assert DistillConfig(divergence="jsd", beta=0.0).describe().split(" · ")[1] == "forward KL (β=0)"
-    assert DistillConfig(divergence="skew_forward_kl", alpha=0.0).effective_beta == 0.0
+    assert DistillConfig(divergence="skew_forward_kl", skew_alpha=0.0).effective_beta == 0.0
     assert DistillConfig(divergence="total_variation").effective_beta is None
 
 
