@@ -114,22 +114,33 @@ class Rollouts:
         )
 
 
-def resolve_special_ids(tokenizer) -> tuple[int, list[int]]:
-    """Return ``(pad_id, eos_ids)`` of a tokenizer; without a pad token, EOS pads (with a warning).
+def resolve_special_ids(tokenizer, model=None) -> tuple[int, list[int]]:
+    """Return ``(pad_id, eos_ids)``: every id that ends a completion, and the id that pads.
+
+    A completion stops at the tokenizer's EOS **and** at every id of the model's
+    ``generation_config.eos_token_id`` (an int or a list: chat models often stop at an end-of-turn token
+    as well as at EOS), as Hugging Face ``generate`` does. The tokenizer's EOS comes first (it is the one
+    appended to dataset completions). Without a pad token, EOS pads (with a warning).
 
     Args:
         tokenizer: any Hugging Face tokenizer.
+        model: optionally the model that writes the completions (its generation config adds stop ids).
 
     Raises:
-        ValueError: the tokenizer has no EOS token, so a completion's end cannot be found.
+        ValueError: neither the tokenizer nor the model names an EOS token, so a completion's end cannot
+            be found.
     """
-    eos = tokenizer.eos_token_id
-    if eos is None:
+    eos_ids = []
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for eos in (tokenizer.eos_token_id, config_eos):
+        for e in eos if isinstance(eos, list | tuple) else [] if eos is None else [eos]:
+            if int(e) not in eos_ids:
+                eos_ids.append(int(e))
+    if not eos_ids:
         raise ValueError(
             "the tokenizer has no eos_token: odistill needs one to know where a completion ends. "
             "Set tokenizer.eos_token (e.g. to the end-of-turn token of your chat template)."
         )
-    eos_ids = [int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])]
     pad = tokenizer.pad_token_id
     if pad is None:
         warnings.warn(

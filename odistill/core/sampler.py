@@ -228,7 +228,8 @@ def sample(
         prompts: list of ``B`` strings (used as they are), or chat conversations (lists of
             ``{"role", "content"}``) rendered with the tokenizer's chat template.
         n: completions per prompt; rows are ordered prompt-major (``B·n`` rows).
-        max_new_tokens: longest completion (generation also stops at EOS).
+        max_new_tokens: longest completion (generation also stops at EOS and at the model's other stop ids,
+            see :func:`~odistill.core.rollouts.resolve_special_ids`).
         temperature: sampling temperature (> 0), or 0 for greedy decoding.
         top_p: nucleus sampling threshold in (0, 1]; 1 keeps the whole distribution.
         top_k: keep only the ``top_k`` likeliest tokens; 0 keeps all.
@@ -250,7 +251,7 @@ def sample(
     """
     temperature = _check_sampling(n, max_new_tokens, temperature, top_p, top_k, backend)
     model = unwrap_model(model)
-    pad_id, eos_ids = resolve_special_ids(tokenizer)
+    pad_id, eos_ids = resolve_special_ids(tokenizer, model)
     prompt_texts, prompt_ids = render_prompts(tokenizer, prompts)
     prompt_ids = [ids for ids in prompt_ids for _ in range(n)]  # prompt-major repetition
     prompt_texts = [text for text in prompt_texts for _ in range(n)]
@@ -292,15 +293,14 @@ def sample(
 def _decode(
     tokenizer, completion: torch.Tensor, mask: torch.Tensor, eos_ids, keep_special_tokens: bool
 ) -> list[str]:
-    """The completion texts: every special token removed, or only the EOS that ends each completion."""
-    if not keep_special_tokens:
-        return tokenizer.batch_decode(completion, skip_special_tokens=True)
+    """The completion texts without the stop token that ends each one, and without any other special
+    token unless ``keep_special_tokens``."""
     ends = set(eos_ids)
     rows = []
     for ids, keep in zip(completion.tolist(), mask.tolist(), strict=True):
         counted = [t for t, k in zip(ids, keep, strict=True) if k]
         rows.append(counted[:-1] if counted and counted[-1] in ends else counted)
-    return tokenizer.batch_decode(rows, skip_special_tokens=False)
+    return tokenizer.batch_decode(rows, skip_special_tokens=not keep_special_tokens)
 
 
 def _check_sampling(n, max_new_tokens, temperature, top_p, top_k, backend) -> float:

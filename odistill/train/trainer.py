@@ -145,7 +145,7 @@ def distill(
 def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_from=None) -> TrainState:
     """Check the inputs, place the models, build the optimizer and schedule, and resume if asked."""
     data = PromptSource(dataset, config, need_completions=config.lmbda < 1 and not config.seq_kd)
-    resolve_special_ids(tokenizer)  # clear error now if there is no EOS
+    resolve_special_ids(tokenizer, student)  # clear error now if there is no EOS
     vocab = check_vocab_compatible(student, teacher, tokenizer)
     accelerator = make_accelerator(config.device, config.mixed_precision)
     torch.manual_seed(config.seed + accelerator.process_index)

@@ -358,3 +358,28 @@ def test_losses_backpropagate_into_the_student(tiny_pair, rollouts):
             loss.backward()
         grads = [p.grad for p in student.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_completions_stop_at_every_stop_id_of_the_generation_config(char_tokenizer):
+    """Chat models stop at several ids (end of turn, EOS): the union of the tokenizer's EOS and the model's
+    generation_config.eos_token_id ends a completion, as in Hugging Face generate."""
+    model = make_tiny_llama(len(char_tokenizer), seed=5)
+    stop = char_tokenizer.convert_tokens_to_ids("7")
+    prompts = [f"{a}+{b}=" for a in range(8) for b in range(4)]
+    plain = sample(model, char_tokenizer, prompts, max_new_tokens=10, seed=1)
+    written = plain.completion_ids[plain.completion_mask]
+    assert (written == stop).any()  # without the extra stop id, '7' is an ordinary token mid-completion
+    model.generation_config.eos_token_id = [char_tokenizer.eos_token_id, stop]
+    both = sample(model, char_tokenizer, prompts, max_new_tokens=10, seed=1)
+    eos = {char_tokenizer.eos_token_id, stop}
+    for ids, mask, text in zip(
+        both.completion_ids.tolist(), both.completion_mask.tolist(), both.texts, strict=True
+    ):
+        counted = [t for t, m in zip(ids, mask, strict=True) if m]
+        ends = [i for i, t in enumerate(counted) if t in eos]
+        assert ends in ([], [len(counted) - 1])  # a stop id is only ever the last counted token
+        assert "7" not in text
+    assert any(
+        ids[sum(mask) - 1] == stop
+        for ids, mask in zip(both.completion_ids.tolist(), both.completion_mask.tolist(), strict=True)
+    )
