@@ -15,6 +15,7 @@ import torch
 from .rollouts import Rollouts
 
 __all__ = [
+    "disable_dropout",
     "unwrap_model",
     "position_ids_from_mask",
     "completion_logits",
@@ -29,6 +30,38 @@ def unwrap_model(model):
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     return model
+
+
+_DROPOUTS = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Turn every dropout of ``model`` off in place, whatever its train/eval mode; returns how many were on.
+
+    Sets ``p = 0`` on each ``nn.Dropout*`` module and zeroes float attributes whose name contains
+    ``dropout`` on the other modules (Hugging Face attention layers keep ``attention_dropout`` as a plain
+    float and pass it to the attention kernel in train mode). The model's config is left as it is, so a
+    checkpoint saved later still says what the user built. In distillation the training forward pass then
+    sees the distribution that sampled the tokens (TRL's trainers do the same for ``nn.Dropout``).
+    """
+    changed = 0
+    for module in unwrap_model(model).modules():
+        if isinstance(module, _DROPOUTS):
+            changed += module.p > 0
+            module.p = 0.0
+            continue
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool) and value > 0:
+                setattr(module, name, 0.0)
+                changed += 1
+    return int(changed)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -138,6 +138,12 @@ class DistillConfig:
     max_grad_norm: float | None = _option(
         1.0, "clip the gradient norm to this (None: no clipping)", "optimisation"
     )
+    disable_dropout: bool = _option(
+        True,
+        "turn the student's dropout off for the loop, so its training forward pass sees the distribution "
+        "that sampled the tokens (as TRL's trainers do)",
+        "optimisation",
+    )
     steps: int = _option(200, "student optimizer steps", "optimisation")
     # bookkeeping
     eval_every: int = _option(0, "evaluate every N steps (0: only before and after training)", "bookkeeping")
@@ -233,7 +239,7 @@ class DistillConfig:
         for name in ("teacher_top_k", "teacher_micro_batch_size"):
             v = getattr(self, name)
             _need(v is None or _is_int(v, 1), f"{name} must be an integer >= 1 or None, got {v!r}")
-        for name in ("seq_kd", "fused_lm_head", "progress"):
+        for name in ("seq_kd", "fused_lm_head", "progress", "disable_dropout"):
             _need(
                 isinstance(getattr(self, name), bool),
                 f"{name} must be True or False, got {getattr(self, name)!r}",

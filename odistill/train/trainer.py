@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.forward import lm_head_of
+from ..core.forward import disable_dropout, lm_head_of
 from ..core.rollouts import resolve_special_ids
 from ..core.teacher import TeacherScorer, check_vocab_compatible
 from .checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
@@ -155,6 +155,8 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
             student, vocab
         )  # a clear error before any work if the student's logits are not hidden @ W.T
     student.to(accelerator.device)
+    if config.disable_dropout:
+        disable_dropout(student)
     student.train()
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:

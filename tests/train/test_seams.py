@@ -301,3 +301,53 @@ def test_names_that_moved_module_are_reachable_from_the_old_path():
         from odistill.rollouts import completion_logits as old_completion_logits
     assert old_fused is fused_linear_divergence and old_token_log_probs is token_log_probs
     assert old_completion_logits is completion_logits
+
+
+def _dropout_llama(vocab_size: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attention_dropout=0.5,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_student_dropout_is_off_in_the_loop(char_tokenizer, monkeypatch, disable):
+    """With dropout on, the training forward pass is not the distribution that sampled the tokens: the
+    importance ratio p_θ/q of the sampled estimator drifts from 1 on-policy at temperature 1."""
+    import odistill.train.steps as steps
+
+    gaps = []
+    real = steps.sampled_token_loss
+
+    def spy(student_lp, teacher_lp, sampling_lp, mask, **kw):
+        gaps.append(float((student_lp.detach() - sampling_lp).abs()[mask].max()))
+        return real(student_lp, teacher_lp, sampling_lp, mask, **kw)
+
+    monkeypatch.setattr(steps, "sampled_token_loss", spy)
+    v = len(char_tokenizer)
+    student = _dropout_llama(v)
+    cfg = _cfg(estimator="sampled", steps=2, disable_dropout=disable)
+    result = distill(student, make_tiny_llama(v, seed=1), char_tokenizer, DATA, cfg)
+    if disable:
+        assert max(gaps) < 1e-5  # ratio 1: the same distribution sampled and trained on
+        batch = torch.randint(3, v, (4, 6))
+        result.student.train()
+        with torch.no_grad():
+            a, b = result.student(batch).logits, result.student(batch).logits
+        assert torch.equal(a, b)  # two forward passes of one batch agree in train mode
+        assert result.student.config.attention_dropout == 0.5  # the user's config is left alone
+    else:
+        assert max(gaps) > 1e-2  # the defect the default fixes
