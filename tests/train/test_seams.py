@@ -350,4 +350,4 @@ def test_student_dropout_is_off_in_the_loop(char_tokenizer, monkeypatch, disable
         assert torch.equal(a, b)  # two forward passes of one batch agree in train mode
         assert result.student.config.attention_dropout == 0.5  # the user's config is left alone
     else:
-        assert max(gaps) > 1e-2  # control: with dropout left on the ratio drifts, so the check above has power
+        assert max(gaps) > 1e-2  # control: with dropout on, the ratio drifts (the check above has power)
