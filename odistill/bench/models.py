@@ -17,7 +17,6 @@ Hugging Face hub id (``"Qwen/Qwen2.5-0.5B-Instruct"``, on a machine that can rea
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -35,7 +34,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from ..train.checkpoint import write_dir_atomically
+from ..train.checkpoint import quiet_transformers, write_dir_atomically
 
 __all__ = [
     "MODEL_SIZES",
@@ -64,20 +63,6 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 #: The file in a checkpoint folder that records how it was made (task, recipe, accuracy).
 METADATA_FILE = "odistill.json"
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Hide transformers' "Loading weights" / "Writing model shards" bars: noise for models this small."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 _ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
@@ -227,7 +212,7 @@ def load_model(
     """
     path = _resolve(name_or_path)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as error:
@@ -260,7 +245,7 @@ def save_checkpoint(
     to_save = copy.deepcopy(model).to(dtype) if dtype is not None else model
 
     def write(folder: Path) -> None:
-        with _quiet_transformers():
+        with quiet_transformers():
             to_save.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
         if metadata is not None:

@@ -14,6 +14,7 @@ checkpoint holds everything needed to continue to the same numbers::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,20 @@ __all__ = [
 STATE_FILE = "trainer_state.pt"
 HISTORY_FILE = "trainer_state.json"
 CONFIG_FILE = "distill_config.json"
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' "Loading weights" / "Writing model shards" bars while saving or loading."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def write_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
@@ -77,8 +92,9 @@ def save_training_checkpoint(
     """Write a training checkpoint (see the module docstring) atomically to ``path``."""
 
     def write(tmp: Path):
-        student.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with quiet_transformers():
+            student.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),
@@ -127,6 +143,15 @@ def load_training_checkpoint(
         rng.setstate(state["python_rngs"][name])
     history = json.loads((path / HISTORY_FILE).read_text())["history"]
     return int(state["step"]) + 1, history
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest ``checkpoint-NNNNNN`` folders in ``output_dir``; returns them."""
+    found = sorted(p for p in Path(output_dir).glob("checkpoint-*") if (p / STATE_FILE).is_file())
+    doomed = found[: max(0, len(found) - keep)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
 
 
 def latest_checkpoint(path: str | Path) -> Path:

@@ -131,6 +131,10 @@ class DistillConfig:
     grad_accum: int = _option(1, "micro-batches per optimizer step", "optimisation")
     lr: float = _option(3e-4, "peak learning rate (AdamW)", "optimisation")
     weight_decay: float = _option(0.0, "AdamW weight decay", "optimisation")
+    adam_betas: tuple[float, float] = _option(
+        (0.9, 0.999), "AdamW (β1, β2); Tinker's cookbook uses (0.9, 0.95)", "optimisation", cli=False
+    )
+    adam_eps: float = _option(1e-8, "AdamW ε", "optimisation")
     lr_schedule: str = _option(
         "constant", "learning-rate schedule after warm-up", "optimisation", choices=lambda: SCHEDULES
     )
@@ -149,6 +153,9 @@ class DistillConfig:
     eval_every: int = _option(0, "evaluate every N steps (0: only before and after training)", "bookkeeping")
     save_every: int = _option(0, "write a checkpoint every N steps (needs output_dir)", "bookkeeping")
     output_dir: str | None = _option(None, "folder for checkpoints", "bookkeeping")
+    save_total_limit: int | None = _option(
+        None, "keep only the newest N checkpoints in output_dir (None: keep all)", "bookkeeping"
+    )
     log_every: int = _option(10, "update the progress bar's loss every N steps", "bookkeeping")
     seed: int = _option(0, "seed of the prompts, the λ coin and the samples", "bookkeeping")
     device: str = _option("auto", "'auto', 'cpu', 'cuda', 'cuda:1' …", "bookkeeping", cli=False)
@@ -236,7 +243,18 @@ class DistillConfig:
             self.max_grad_norm is None or (_is_number(self.max_grad_norm) and self.max_grad_norm > 0),
             f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}",
         )
-        for name in ("teacher_top_k", "teacher_micro_batch_size"):
+        _need(
+            isinstance(self.adam_betas, list | tuple)
+            and len(self.adam_betas) == 2
+            and all(_is_number(b) and 0.0 <= b < 1.0 for b in self.adam_betas),
+            f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}",
+        )
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)
+        _need(
+            _is_number(self.adam_eps) and self.adam_eps > 0,
+            f"adam_eps must be a number > 0, got {self.adam_eps!r}",
+        )
+        for name in ("teacher_top_k", "teacher_micro_batch_size", "save_total_limit"):
             v = getattr(self, name)
             _need(v is None or _is_int(v, 1), f"{name} must be an integer >= 1 or None, got {v!r}")
         for name in ("seq_kd", "fused_lm_head", "progress", "disable_dropout"):

@@ -29,7 +29,12 @@ import torch
 from ..core.forward import disable_dropout, lm_head_of
 from ..core.rollouts import resolve_special_ids
 from ..core.teacher import TeacherScorer, check_vocab_compatible
-from .checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
+from .checkpoint import (
+    latest_checkpoint,
+    load_training_checkpoint,
+    prune_checkpoints,
+    save_training_checkpoint,
+)
 from .config import DistillConfig
 from .data import PromptSource
 from .loggers import make_loggers
@@ -161,7 +166,9 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the student has no trainable parameters (every requires_grad is False)")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, weight_decay=config.weight_decay, betas=config.adam_betas, eps=config.adam_eps
+    )
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.steps, config.warmup_steps)
     # the scheduler stays unprepared: accelerate would step it once per process
     model, optimizer = accelerator.prepare(student, optimizer)
@@ -292,7 +299,8 @@ def checkpoint_on_interrupt(state: TrainState) -> None:
 
 
 def _save(state: TrainState, step: int) -> Path:
-    return save_training_checkpoint(
+    """Write the checkpoint of ``step``, then drop the oldest beyond ``save_total_limit``."""
+    path = save_training_checkpoint(
         Path(state.config.output_dir) / f"checkpoint-{step:06d}",
         student=state.student,
         tokenizer=state.tokenizer,
@@ -303,3 +311,6 @@ def _save(state: TrainState, step: int) -> Path:
         history=state.history,
         rngs=state.rngs,
     )
+    if state.config.save_total_limit is not None:
+        prune_checkpoints(state.config.output_dir, state.config.save_total_limit)
+    return path

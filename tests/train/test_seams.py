@@ -351,3 +351,26 @@ def test_student_dropout_is_off_in_the_loop(char_tokenizer, monkeypatch, disable
         assert result.student.config.attention_dropout == 0.5  # the user's config is left alone
     else:
         assert max(gaps) > 1e-2  # control: with dropout on, the ratio drifts (the check above has power)
+
+
+def test_adam_settings_and_save_total_limit_reach_the_run(char_tokenizer, tmp_path):
+    v = len(char_tokenizer)
+    cfg = _cfg(
+        steps=5,
+        save_every=1,
+        save_total_limit=2,
+        output_dir=str(tmp_path),
+        adam_betas=(0.9, 0.95),
+        adam_eps=1e-6,
+    )
+    distill(make_tiny_llama(v, seed=0), make_tiny_llama(v, seed=1), char_tokenizer, DATA, cfg)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-000004", "checkpoint-000005"]
+    state = torch.load(tmp_path / "checkpoint-000005" / "trainer_state.pt", weights_only=False)
+    group = state["optimizer"]["param_groups"][0]
+    assert tuple(group["betas"]) == (0.9, 0.95) and group["eps"] == 1e-6
+    saved = DistillConfig.load(tmp_path / "checkpoint-000005" / "distill_config.json")
+    assert saved.adam_betas == (0.9, 0.95) and saved == cfg  # JSON round trip keeps the tuple
+    with pytest.raises(ValueError, match="adam_betas must be two numbers in \\[0, 1\\)"):
+        DistillConfig(adam_betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="save_total_limit must be an integer >= 1 or None"):
+        DistillConfig(save_total_limit=0)
