@@ -199,6 +199,7 @@ class DistillConfig:
     def validate(self) -> DistillConfig:
         """Check every value; raise :class:`ConfigError` naming the field and the allowed range."""
         self._validate_values()
+        self._validate_optimizer()
         self._validate_combinations()
         return self
 
@@ -235,6 +236,25 @@ class DistillConfig:
                 _is_int(getattr(self, name), 0),
                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}",
             )
+        for name in ("teacher_top_k", "teacher_micro_batch_size", "save_total_limit"):
+            v = getattr(self, name)
+            _need(v is None or _is_int(v, 1), f"{name} must be an integer >= 1 or None, got {v!r}")
+        for name in ("seq_kd", "fused_lm_head", "progress", "disable_dropout"):
+            _need(
+                isinstance(getattr(self, name), bool),
+                f"{name} must be True or False, got {getattr(self, name)!r}",
+            )
+        _need(
+            isinstance(self.report_to, list | tuple) and all(n in LOGGERS for n in self.report_to),
+            f"report_to must be a list of logger names from {sorted(LOGGERS)}, got {self.report_to!r}",
+        )
+        self.report_to = tuple(self.report_to)
+        _need(
+            isinstance(self.device, str) and self.device != "",
+            f"device must be a string like 'auto', got {self.device!r}",
+        )
+
+    def _validate_optimizer(self) -> None:
         _need(
             _is_number(self.weight_decay) and self.weight_decay >= 0,
             f"weight_decay must be >= 0, got {self.weight_decay!r}",
@@ -253,23 +273,6 @@ class DistillConfig:
         _need(
             _is_number(self.adam_eps) and self.adam_eps > 0,
             f"adam_eps must be a number > 0, got {self.adam_eps!r}",
-        )
-        for name in ("teacher_top_k", "teacher_micro_batch_size", "save_total_limit"):
-            v = getattr(self, name)
-            _need(v is None or _is_int(v, 1), f"{name} must be an integer >= 1 or None, got {v!r}")
-        for name in ("seq_kd", "fused_lm_head", "progress", "disable_dropout"):
-            _need(
-                isinstance(getattr(self, name), bool),
-                f"{name} must be True or False, got {getattr(self, name)!r}",
-            )
-        _need(
-            isinstance(self.report_to, list | tuple) and all(n in LOGGERS for n in self.report_to),
-            f"report_to must be a list of logger names from {sorted(LOGGERS)}, got {self.report_to!r}",
-        )
-        self.report_to = tuple(self.report_to)
-        _need(
-            isinstance(self.device, str) and self.device != "",
-            f"device must be a string like 'auto', got {self.device!r}",
         )
 
     def _validate_combinations(self) -> None:
