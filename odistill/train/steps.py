@@ -1,7 +1,13 @@
 """The named steps of one optimizer step of :func:`odistill.distill`, and the state they share::
 
-    make_rollouts ─► score ─► [loss_and_metrics ─► backward]   once per micro-batch ([…]: in gradient_sync)
+    make_rollouts                                              every micro-batch of the step, first
+    count_tokens                                               completion tokens of the whole step
+    score ─► [loss_and_metrics ─► backward]                    once per micro-batch ([…]: in gradient_sync)
     apply_update                                               once per optimizer step
+
+The loss of a step is the **sum over every counted completion token of the step** (all micro-batches,
+all processes) **divided by their number**, so a token weighs the same whichever micro-batch or process
+it is in (TRL's trainers normalise the same way since their fix of per-micro-batch means, issue #4719).
 
 Each step is a plain function of a :class:`TrainState`; :mod:`odistill.train.trainer` calls them in
 order. They run on every process: each process draws its own slice of one global batch, and all agree
@@ -33,6 +39,7 @@ __all__ = [
     "teacher_mode",
     "make_rollouts",
     "score",
+    "count_tokens",
     "loss_and_metrics",
     "backward",
     "apply_update",
@@ -120,10 +127,21 @@ def score(state: TrainState, rollouts: Rollouts) -> TeacherScores:
     return state.teacher.score(rollouts, teacher_mode(state.config), k=state.config.teacher_top_k)
 
 
+def count_tokens(state: TrainState, batches: list[Rollouts]) -> int:
+    """The number of counted completion tokens of one optimizer step: every micro-batch of every process
+    (an all-reduce when there are several processes)."""
+    local = sum(rollouts.num_completion_tokens for rollouts in batches)
+    if state.accelerator.num_processes == 1:
+        return local
+    total = state.accelerator.reduce(torch.tensor(local, device=state.device), reduction="sum")
+    return int(total)
+
+
 def loss_and_metrics(
     state: TrainState, rollouts: Rollouts, scores: TeacherScores
 ) -> tuple[torch.Tensor, dict]:
-    """The training loss of one batch (a NaN tensor when it is not finite) and its metrics.
+    """The **sum** over counted tokens of one batch's per-token loss (a NaN tensor when it is not finite)
+    and its metrics (:func:`backward` divides by the step's token count).
 
     Metrics: ``reverse_kl``, the mean over counted tokens of ``log p_S(x_t) − log p_T(x_t)`` (the k1
     estimate of the per-token reverse KL on these tokens).
@@ -146,7 +164,9 @@ def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
     mask, tokens = rollouts.completion_mask, rollouts.completion_ids.clamp_max(state.vocab - 1)
     if config.estimator == "sampled":  # the loss needs log p_S(x_t) with its gradient
         student_lp = token_log_probs(logits, tokens)  # (B, T)
-        loss = sampled_token_loss(student_lp, scores.token_logprobs, rollouts.sampling_logprobs, mask)
+        loss = sampled_token_loss(
+            student_lp, scores.token_logprobs, rollouts.sampling_logprobs, mask, reduction="sum"
+        )
         return loss, student_lp, scores.token_logprobs
     with torch.no_grad():  # only the metric needs it: no graph
         student_lp = token_log_probs(logits, tokens)
@@ -158,6 +178,7 @@ def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
         beta=config.beta,
         alpha=config.skew_alpha,
         temperature=config.loss_temperature,
+        reduction="sum",
     )
     return loss, student_lp, scores.token_logprobs
 
@@ -182,6 +203,7 @@ def _fused_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
         teacher_bias=None if t_bias is None else t_bias.to(device),
         weight=param,
         temperature=config.loss_temperature,
+        reduction="sum",
         token_ids=rollouts.completion_ids.clamp_max(state.vocab - 1),
     )
     return loss, student_lp, teacher_lp  # hidden scores carry no token log-probs: the fused loss made them
@@ -194,15 +216,18 @@ def gradient_sync(state: TrainState, *, last: bool):
     return contextlib.nullcontext() if last else state.accelerator.no_sync(state.model)
 
 
-def backward(state: TrainState, loss: torch.Tensor) -> bool:
-    """Accumulate the gradient of ``loss / grad_accum``; returns whether the loss was finite.
+def backward(state: TrainState, loss: torch.Tensor, step_tokens: int) -> bool:
+    """Accumulate the gradient of ``loss`` (a sum over tokens) divided by ``step_tokens``, the counted tokens
+    of the whole step on every process (:func:`count_tokens`); returns whether the loss was finite.
 
+    Data parallelism averages the processes' gradients, so each process's share is multiplied by the
+    number of processes: the result is the gradient of the mean over every token of the step.
     A non-finite loss still takes part, as a zero loss connected to every parameter, so that no process
     waits forever in the all-reduce.
     """
     finite = bool(torch.isfinite(loss))
     safe = loss if finite else sum((p * 0).sum() for p in state.params)
-    state.accelerator.backward(safe / state.config.grad_accum)
+    state.accelerator.backward(safe * (state.accelerator.num_processes / max(step_tokens, 1)))
     return finite
 
 

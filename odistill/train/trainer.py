@@ -5,9 +5,12 @@ One optimizer step::
     prompts ──► on-policy?  (probability λ, a shared coin)
                  ├─ yes: the student samples completions                 make_rollouts
                  └─ no:  dataset completions, or teacher samples (seq_kd)
+            (every micro-batch of the step first)
+            ──► count the step's completion tokens (all processes)        count_tokens
             ──► the teacher scores every completion token                 score
             ──► student forward on the same tokens, divergence per token  loss_and_metrics
-            ──► backward (each micro-batch), clip, step                   backward, apply_update
+            ──► backward of Σ loss / step tokens (each micro-batch)       backward
+            ──► clip, step                                                apply_update
             ──► history row, evaluation, loggers, checkpoint              maybe_eval, log, maybe_checkpoint
 
 The steps live in :mod:`odistill.train.steps`; this module sets them up and runs them. Built on
@@ -44,6 +47,7 @@ from .steps import (
     TrainState,
     apply_update,
     backward,
+    count_tokens,
     gradient_sync,
     loss_and_metrics,
     make_rollouts,
@@ -228,20 +232,8 @@ def _as_teacher(teacher, config: DistillConfig, vocab: int, device):
 
 def train_step(state: TrainState, step: int) -> dict:
     """One optimizer step over ``grad_accum`` micro-batches; returns its history row."""
-    config, t0 = state.config, time.perf_counter()
-    row = {"step": step, "loss": 0.0, "reverse_kl": 0.0, "tokens": 0, "completion_length": 0.0}
-    finite = True
-    for micro in range(config.grad_accum):
-        rollouts = make_rollouts(state, step, micro)
-        scores = score(state, rollouts)
-        with gradient_sync(state, last=micro == config.grad_accum - 1):
-            loss, metrics = loss_and_metrics(state, rollouts, scores)
-            finite &= backward(state, loss)
-        row["on_policy"], row["source"] = rollouts.source == "student", rollouts.source
-        row["loss"] += loss.item() / config.grad_accum
-        row["reverse_kl"] += metrics["reverse_kl"] / config.grad_accum
-        row["tokens"] += rollouts.num_completion_tokens
-        row["completion_length"] += rollouts.num_completion_tokens / len(rollouts) / config.grad_accum
+    t0 = time.perf_counter()
+    row, finite = accumulate_gradients(state, step)
     applied, grad_norm = apply_update(state, finite, step)
     seconds = time.perf_counter() - t0
     row.update(
@@ -252,6 +244,34 @@ def train_step(state: TrainState, step: int) -> dict:
         lr=state.scheduler.get_last_lr()[0],
     )
     return row
+
+
+def accumulate_gradients(state: TrainState, step: int) -> tuple[dict, bool]:
+    """The gradient of one optimizer step, accumulated over ``grad_accum`` micro-batches (not applied).
+
+    Every micro-batch's rollouts are made first, so that the loss can be normalised by the completion
+    tokens of the whole step (on every process): a token weighs the same in any micro-batch. Returns the
+    step's history row so far (``loss`` and ``reverse_kl`` are means over this process's tokens) and
+    whether every loss was finite.
+    """
+    config = state.config
+    batches = [make_rollouts(state, step, micro) for micro in range(config.grad_accum)]
+    step_tokens = count_tokens(state, batches)
+    local_tokens = max(sum(r.num_completion_tokens for r in batches), 1)
+    row = {"step": step, "loss": 0.0, "reverse_kl": 0.0, "tokens": 0, "completion_length": 0.0}
+    finite = True
+    for micro, rollouts in enumerate(batches):
+        scores = score(state, rollouts)
+        with gradient_sync(state, last=micro == config.grad_accum - 1):
+            loss, metrics = loss_and_metrics(state, rollouts, scores)
+            finite &= backward(state, loss, step_tokens)
+        n = rollouts.num_completion_tokens
+        row["on_policy"], row["source"] = rollouts.source == "student", rollouts.source
+        row["loss"] += loss.item() / local_tokens
+        row["reverse_kl"] += metrics["reverse_kl"] * n / local_tokens
+        row["tokens"] += n
+        row["completion_length"] += n / len(rollouts) / config.grad_accum
+    return row, finite
 
 
 def maybe_eval(state: TrainState, row: dict, eval_fn) -> dict:
