@@ -60,7 +60,8 @@ def run_distillation(
     Returns:
         A JSON-ready dict: ``task, config, student_accuracy_before, student_accuracy_after,
         student_sampled_before, student_sampled_after, teacher_accuracy, teacher_sampled, steps, seconds,
-        seconds_per_step, history`` (per-step rows).
+        seconds_per_step, skipped_steps, clipped_ratio`` (the mean over steps of the fraction of
+        completions cut at ``max_new_tokens``) and ``history`` (per-step rows).
     """
     with cpu_threads(threads):
         return _run_distillation(
@@ -118,8 +119,14 @@ def _run_distillation(
         "seconds": result.seconds,
         "seconds_per_step": result.seconds / config.steps,
         "skipped_steps": result.skipped_steps,
+        "clipped_ratio": _mean_of(result.history, "clipped_ratio"),
         "history": result.history,
     }
+
+
+def _mean_of(history: list[dict], key: str) -> float | None:
+    values = [row[key] for row in history if key in row]
+    return sum(values) / len(values) if values else None
 
 
 #: The demo's two contenders: classic off-policy KD and on-policy distillation.

@@ -76,13 +76,16 @@ def _fused_compute(
         for out, (h, w, off) in ((out_s, (hs, ws, 0)), (out_t, (ht, wt, 3))):
             if out is None:
                 continue
+            # dtypes: each gradient has its input's dtype, whatever autocast did to the logits (hidden
+            # states in bf16/fp16 with an fp32 LM head, under mixed precision); the weight gradient is
+            # accumulated in the weight's dtype. In-place addmm_ is not autocast, so cast explicitly.
             g = out.to(w.dtype)  # (r, V) gradient w.r.t. this chunk's logits
             if grads[off] is not None:
-                grads[off][start:stop] = g @ w  # (r, H)
+                grads[off][start:stop] = (g @ w).to(h.dtype)  # (r, H)
             if grads[off + 1] is not None:
-                grads[off + 1].addmm_(g.t(), h[start:stop])  # (V, H)
+                grads[off + 1].addmm_(g.t(), h[start:stop].to(w.dtype))  # (V, H)
             if grads[off + 2] is not None:
-                grads[off + 2].add_(g.sum(0))
+                grads[off + 2].add_(g.sum(0).to(grads[off + 2].dtype))
     return values, grads, token_lp
 
 

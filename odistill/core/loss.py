@@ -22,9 +22,22 @@ import torch
 
 from .divergences import get_divergence
 from .teacher import TeacherScores
-from .tensor_ops import MASKED_LOG_PROB, NonFiniteLossError, check_mask, check_reduction, check_temperature
+from .tensor_ops import (
+    MASKED_LOG_PROB,
+    NonFiniteLossError,
+    active_rows,
+    check_mask,
+    check_reduction,
+    check_temperature,
+    compute_dtype,
+    masked_reduce,
+    scatter_rows,
+)
 
-__all__ = ["distillation_loss", "sampled_token_loss"]
+__all__ = ["distillation_loss", "sampled_token_loss", "TOPK_VARIANTS", "topk_tail_distributions"]
+
+#: How the full estimator uses top-k teacher scores (see :func:`distillation_loss`).
+TOPK_VARIANTS = ("tail_bucket", "conditional")
 
 
 def _divergence(student_logits, teacher_logits, mask, divergence, beta, alpha, temperature, reduction):
@@ -45,6 +58,7 @@ def distillation_loss(
     alpha: float = 0.1,
     temperature: float = 1.0,
     reduction: str = "mean",
+    topk_variant: str = "tail_bucket",
 ) -> torch.Tensor:
     """Per-token divergence between student and teacher over the vocabulary (the "full" estimator).
 
@@ -62,16 +76,25 @@ def distillation_loss(
         temperature: the **loss** temperature, dividing both logits (independent of the sampling
             temperature).
         reduction: ``"mean"`` over counted tokens, ``"sum"``, or ``"none"`` → ``(B, T)``.
+        topk_variant: how top-k teacher scores are used (one of :data:`TOPK_VARIANTS`; see below).
 
-    Top-k scores: both distributions are **renormalised over the teacher's top-k tokens** at each
-    position — the student's logits are gathered at the teacher's top-k ids and both are
-    log-softmaxed over those k entries. The result is the divergence between the two distributions
-    *conditioned on that set*: it ignores how much mass the student puts outside the set, so it is not
-    the full-vocabulary divergence (notebook 02 measures the gap). It tends to the full divergence as
-    k grows to cover the mass of both models, and equals it at k = V. Use it to save teacher memory
-    with a k that covers most of the mass.
-    Where the student gives a top-k token probability 0 (a ``-inf`` logit), its logit there counts as
-    :data:`~odistill.core.tensor_ops.MASKED_LOG_PROB`, so the value stays finite.
+    Top-k scores, ``topk_variant="tail_bucket"`` (the default): each position becomes a distribution
+    over **k + 1 outcomes** — the teacher's k tokens, and "any other token" (the tail). The student's
+    k + 1 probabilities come from its full softmax (its tail is everything it puts outside the teacher's
+    k tokens); the teacher's from its top-k log-probs and ``topk_tail_logprob``
+    (:func:`topk_tail_distributions`). The divergence of these coarser distributions is a lower bound of
+    the full-vocabulary one (grouping outcomes never increases an f-divergence), it grows with k, equals
+    the full divergence at k = V, and is positive whenever the two models give the teacher's k tokens
+    different probabilities — at k = 1 too. It needs loss temperature 1 (the teacher's tail at another
+    temperature is not known from its top k).
+
+    ``topk_variant="conditional"``: both distributions are **renormalised over the teacher's top-k
+    tokens** — the divergence between the two distributions *conditioned on that set*. It ignores how
+    much mass the student puts outside the set, so at k = 1 it is identically 0 (with zero gradient)
+    whatever the student does; notebook 02 measures the gap. It equals the full divergence at k = V.
+
+    Where the student gives a top-k token probability 0 (a ``-inf`` logit), its log-probability there
+    counts as :data:`~odistill.core.tensor_ops.MASKED_LOG_PROB`, so the value stays finite.
 
     Example:
         >>> s, t = torch.zeros(1, 2, 3), torch.tensor([[[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]])
@@ -87,18 +110,7 @@ def distillation_loss(
     if teacher_scores.mode == "full":
         return _divergence(student_logits, teacher_scores.logprobs, completion_mask, *common)
     if teacher_scores.mode == "topk":
-        ids = teacher_scores.topk_ids.to(student_logits.device)
-        if ids.shape[:-1] != student_logits.shape[:-1]:
-            raise ValueError(
-                f"teacher top-k scores {tuple(ids.shape)} do not match student logits "
-                f"{tuple(student_logits.shape)}"
-            )
-        student_on_support = student_logits.gather(-1, ids)  # (B, T, k)
-        # a student that forbids (-inf) every top-k token has no distribution on the support: a finite
-        # floor keeps the row defined (uniform there) instead of NaN
-        floor = torch.full_like(student_on_support, MASKED_LOG_PROB)
-        student_on_support = torch.where(torch.isneginf(student_on_support), floor, student_on_support)
-        return _divergence(student_on_support, teacher_scores.topk_logprobs, completion_mask, *common)
+        return _topk_divergence(student_logits, teacher_scores, completion_mask, topk_variant, common)
     if teacher_scores.mode == "hidden":
         raise ValueError(
             "teacher scores in 'hidden' mode hold the teacher's hidden states, not its logits: compute the "
@@ -112,6 +124,82 @@ def distillation_loss(
     )
 
 
+def _discounted_to_go(values: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``Σ_{s ≥ t} γ^{s−t} v_s`` over each row's counted positions (``(N,)`` in, ``(N,)`` out)."""
+    per_position = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    per_position = per_position.masked_scatter(mask, values)  # (B, T), 0 where not counted
+    to_go, running = torch.zeros_like(per_position), torch.zeros_like(per_position[:, 0])
+    for t in range(mask.shape[1] - 1, -1, -1):
+        running = per_position[:, t] + gamma * running
+        to_go[:, t] = running
+    return to_go[mask]
+
+
+def _topk_divergence(student_logits, scores: TeacherScores, mask, variant, common):
+    if variant not in TOPK_VARIANTS:
+        raise ValueError(f"topk_variant must be one of {list(TOPK_VARIANTS)}, got {variant!r}")
+    ids = scores.topk_ids.to(student_logits.device)
+    if ids.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(
+            f"teacher top-k scores {tuple(ids.shape)} do not match student logits "
+            f"{tuple(student_logits.shape)}"
+        )
+    if variant == "conditional":
+        student_on_support = student_logits.gather(-1, ids)  # (B, T, k)
+        # a student that forbids (-inf) every top-k token has no distribution on the support: a finite
+        # floor keeps the row defined (uniform there) instead of NaN
+        floor = torch.full_like(student_on_support, MASKED_LOG_PROB)
+        student_on_support = torch.where(torch.isneginf(student_on_support), floor, student_on_support)
+        return _divergence(student_on_support, scores.topk_logprobs, mask, *common)
+    divergence, beta, alpha, temperature, reduction = common
+    if check_temperature(temperature) != 1.0:
+        raise ValueError(
+            f"the tail-bucket top-k loss needs loss temperature 1 (got {temperature}): the teacher's mass "
+            "outside its top k at another temperature is not known from its top-k log-probs. Use "
+            "temperature 1, topk_variant='conditional', or full teacher scores"
+        )
+    check_reduction(reduction)
+    mask = check_mask(mask, student_logits.shape[:-1], "student_logits")
+    student_k1, teacher_k1 = topk_tail_distributions(student_logits, scores, mask)  # (N, k + 1) each
+    values = _divergence(student_k1, teacher_k1, None, divergence, beta, alpha, 1.0, "none")  # (N,)
+    if reduction == "none":
+        return scatter_rows(values, mask, student_logits.shape[:-1])
+    return masked_reduce(values, None, values.shape, reduction)
+
+
+def topk_tail_distributions(
+    student_logits: torch.Tensor, scores: TeacherScores, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both models' log-probabilities of the k + 1 outcomes "each of the teacher's top-k tokens" and
+    "any other token", at the counted positions: two ``(N, k + 1)`` tensors (the student's with gradients).
+
+    The student's come from its full log-softmax (its last column is the log of the mass it puts outside
+    the teacher's k tokens); the teacher's are ``topk_logprobs`` and ``topk_tail_logprob`` (or, for a
+    teacher that does not report the tail, ``log(1 − Σ exp(topk_logprobs))``). A column is ``-inf`` where a
+    model gives it probability 0 (e.g. the tail when k = V).
+    """
+    device = student_logits.device
+    if mask is not None:
+        mask = mask.to(device)
+    rows = active_rows(student_logits, mask)  # (N, V)
+    ids = active_rows(scores.topk_ids.to(device), mask)  # (N, k)
+    log_p = torch.log_softmax(rows.to(compute_dtype(rows)), dim=-1)
+    on_top = log_p.gather(-1, ids)  # (N, k)
+    outside = log_p.scatter(-1, ids, float("-inf"))  # the student's log-probs off the teacher's top k
+    has_tail = torch.isfinite(outside).any(-1, keepdim=True)
+    # a row with no mass outside gets a constant filler: logsumexp of an all −inf row has a NaN gradient
+    tail = torch.where(has_tail, outside, 0.0).logsumexp(-1, keepdim=True)
+    tail = torch.where(has_tail, tail, float("-inf"))
+    student = torch.cat([on_top, tail], dim=-1)
+    teacher_top = active_rows(scores.topk_logprobs.to(device), mask).to(student.dtype)
+    if scores.topk_tail_logprob is not None:
+        teacher_tail = active_rows(scores.topk_tail_logprob.to(device)[..., None], mask).to(student.dtype)
+    else:  # log(1 − p_top) = log(−expm1(log p_top)); −inf once rounding puts the top-k mass at 1
+        top_mass = teacher_top.logsumexp(-1, keepdim=True).clamp_max(0.0)
+        teacher_tail = torch.log(-torch.expm1(top_mass))
+    return student, torch.cat([teacher_top, teacher_tail], dim=-1)
+
+
 def sampled_token_loss(
     student_logprobs: torch.Tensor,
     teacher_logprobs: torch.Tensor,
@@ -120,10 +208,14 @@ def sampled_token_loss(
     *,
     reduction: str = "mean",
     max_ratio: float | None = None,
+    kl_coef: float = 1.0,
+    kl_discount: float = 0.0,
 ) -> torch.Tensor:
     """Importance-sampling policy-gradient loss with per-token reverse KL as the negative advantage.
 
-    ``A_t = −(log p_S(x_t) − log p_T(x_t))`` (detached), ``ratio_t = p_θ(x_t) / q(x_t)``,
+    ``d_t = log p_S(x_t) − log p_T(x_t)`` (detached), the advantage
+    ``A_t = −kl_coef · Σ_{s ≥ t} kl_discount^{s−t} d_s`` (over the same completion's counted tokens;
+    with the default ``kl_discount=0`` simply ``−kl_coef · d_t``), ``ratio_t = p_θ(x_t) / q(x_t)``, and
     ``L = −Σ_t ratio_t · A_t`` over completion tokens (mean or sum).
 
     Args:
@@ -134,7 +226,13 @@ def sampled_token_loss(
             (:attr:`Rollouts.sampling_logprobs`). On-policy at temperature 1, q = p_θ and the ratio is 1.
         completion_mask: ``(B, T)`` bool, True on the tokens that count.
         reduction: ``"mean"`` over counted tokens, ``"sum"``, or ``"none"`` → ``(B, T)``.
-        max_ratio: optionally clip the importance ratio from above (PPO-style stabiliser, biased).
+        max_ratio: optionally clip the importance ratio from above (PPO-style stabiliser, biased): a
+            token whose ratio is clipped contributes ``max_ratio · A_t`` to the value and no gradient.
+        kl_coef: scales the advantage (Tinker's ``kl_penalty_coef``). With Adam it mostly rescales the
+            loss; it matters next to other advantages (rewards) added to the same tokens.
+        kl_discount: γ in [0, 1]: each token's advantage is the discounted sum of the per-token reverse KL
+            from it to the end of its completion (Tinker's ``kl_discount_factor``), so a token is also
+            judged by what follows it. 0 judges each token on its own (Thinking Machines' recipe).
 
     Returns:
         The loss. Its value is ``−E[ratio·A]`` (≈ the reverse KL estimate when on-policy); its
@@ -159,11 +257,16 @@ def sampled_token_loss(
     mask = check_mask(completion_mask, student_logprobs.shape, "student_logprobs").to(student_logprobs.device)
     if max_ratio is not None:
         check_temperature(max_ratio, "max_ratio")  # a finite positive number
+    kl_coef = check_temperature(kl_coef, "kl_coef")
+    if isinstance(kl_discount, bool) or not (isinstance(kl_discount, int | float) and 0 <= kl_discount <= 1):
+        raise ValueError(f"kl_discount must be a number in [0, 1], got {kl_discount!r}")
     dtype = torch.float64 if student_logprobs.dtype == torch.float64 else torch.float32
     logp = student_logprobs[mask].to(dtype).clamp_min(MASKED_LOG_PROB)  # (N,)
     logp_teacher = teacher_logprobs.to(student_logprobs.device)[mask].to(dtype).clamp_min(MASKED_LOG_PROB)
     logq = sampling_logprobs.to(student_logprobs.device)[mask].to(dtype).clamp_min(MASKED_LOG_PROB)
-    advantage = -(logp.detach() - logp_teacher)  # (N,) negative per-token reverse KL
+    advantage = -kl_coef * (logp.detach() - logp_teacher)  # (N,) negative per-token reverse KL
+    if kl_discount > 0:
+        advantage = _discounted_to_go(advantage, mask, float(kl_discount))
     ratio = torch.exp(logp - logq)  # (N,) p_θ / q, = 1 on-policy (with gradient ∇log p_θ)
     if max_ratio is not None:
         ratio = ratio.clamp(max=float(max_ratio))

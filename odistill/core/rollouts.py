@@ -51,6 +51,8 @@ class Rollouts:
         prompts: the prompt texts as they were tokenised (chat template applied), one per row.
         texts: the decoded completions (special tokens removed), one per row.
         source: where the completions came from: ``"student"``, ``"teacher"`` or ``"dataset"``.
+        clipped: ``(B,)`` bool, True where a sampled completion reached ``max_new_tokens`` without a stop
+            token (it was cut, not finished; its tokens are scored as they are); None for dataset text.
     """
 
     input_ids: torch.Tensor
@@ -63,6 +65,7 @@ class Rollouts:
     prompts: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     source: str = "student"
+    clipped: torch.Tensor | None = None
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -72,6 +75,11 @@ class Rollouts:
     @property
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def num_clipped(self) -> int:
+        """Completions cut at ``max_new_tokens`` before any stop token (0 for dataset text)."""
+        return 0 if self.clipped is None else int(self.clipped.sum())
 
     @property
     def num_completion_tokens(self) -> int:
@@ -89,6 +97,7 @@ class Rollouts:
                 "sampling_logprobs",
                 "prompt_lengths",
                 "prompt_index",
+                "clipped",
             )
             if getattr(self, name) is not None
         }
@@ -111,6 +120,7 @@ class Rollouts:
             prompt_lengths=take(self.prompt_lengths),
             prompt_index=take(self.prompt_index),
             source=self.source,
+            clipped=take(self.clipped),
         )
 
 

@@ -241,8 +241,9 @@ def sample(
             malformed; by default they are removed. The EOS that ends a completion is never in the text.
 
     Returns:
-        Rollouts with ``completion_mask`` (tokens up to and including the first EOS) and
-        ``sampling_logprobs`` = log q(x_t) under the distribution actually sampled from.
+        Rollouts with ``completion_mask`` (tokens up to and including the first EOS),
+        ``sampling_logprobs`` = log q(x_t) under the distribution actually sampled from, and ``clipped``
+        (the rows cut at ``max_new_tokens`` before a stop token).
 
     Example:
         >>> rollouts = sample(student, tokenizer, ["12+34="], n=4, max_new_tokens=5, seed=0)  # doctest: +SKIP
@@ -274,6 +275,8 @@ def sample(
         eos_ids=eos_ids,
     )
     mask = completion_mask_from_ids(completion, eos_ids)  # (B·n, T)
+    stopped = torch.isin(completion, torch.tensor(eos_ids, device=completion.device)) & mask
+    clipped = ~stopped.any(-1)  # no stop token within max_new_tokens: generation cut the row
     completion = completion.masked_fill(~mask, pad_id)
     texts = _decode(tokenizer, completion, mask, eos_ids, keep_special_tokens)
     return Rollouts(
@@ -287,6 +290,7 @@ def sample(
         prompts=prompt_texts,
         texts=texts,
         source=source,
+        clipped=clipped,
     )
 
 

@@ -13,7 +13,7 @@ informative (and memory hungry):
 mode        returns                                              memory       enough for
 =========== ==================================================== ============ ======================
 ``full``    log p_T(· | x_<t) over the whole vocabulary           O(B·T·V)     any divergence (GKD)
-``topk``    the k largest log-probs and their token ids           O(B·T·k)     divergences on top-k
+``topk``    the k largest log-probs, their ids, the rest's mass   O(B·T·k)     divergences on top-k
 ``sampled`` log p_T(x_t | x_<t) of the token that was sampled     O(B·T)       sampled reverse KL
 ``hidden``  the last hidden states, before the LM head            O(B·T·H)     any divergence, fused
 =========== ==================================================== ============ ======================
@@ -67,6 +67,10 @@ class TeacherScores:
         logprobs: ``(B, T, V)`` full log-probabilities (``mode="full"``), else None.
         topk_logprobs: ``(B, T, k)`` the k largest log-probs, descending (``mode="topk"``), else None.
         topk_ids: ``(B, T, k)`` their token ids (``mode="topk"``), else None.
+        topk_tail_logprob: ``(B, T)`` the log of the teacher's probability **outside** its top k,
+            ``log(1 − Σ_top-k p_T)`` (``-inf`` where the top k hold all the mass), computed from the
+            full logits so that it stays exact when the top k hold nearly everything (``mode="topk"``);
+            None when a teacher does not report it (the loss then derives it from ``topk_logprobs``).
         hidden: ``(B, T, H)`` the teacher's last hidden states (``mode="hidden"``), else None.
     """
 
@@ -76,6 +80,7 @@ class TeacherScores:
     topk_logprobs: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
+    topk_tail_logprob: torch.Tensor | None = None
 
     def to(self, device) -> TeacherScores:
         """A copy with every tensor on ``device``."""
@@ -87,6 +92,7 @@ class TeacherScores:
             move(self.topk_logprobs),
             move(self.topk_ids),
             move(self.hidden),
+            move(self.topk_tail_logprob),
         )
 
     @staticmethod
@@ -103,6 +109,7 @@ class TeacherScores:
             join("topk_logprobs"),
             join("topk_ids"),
             join("hidden"),
+            join("topk_tail_logprob"),
         )
 
 
@@ -273,7 +280,14 @@ class TeacherScorer:
             return TeacherScores("full", token, logprobs=logprobs)
         if mode == "topk":
             values, indices = logits.topk(k, dim=-1)  # (b, T, k), descending (log-softmax keeps the order)
+            # the mass outside the top k, from the logits (1 − Σ top-k would lose it to rounding)
+            outside = logits.scatter(-1, indices, float("-inf"))
+            tail = logsumexp_rows(outside) - lse  # (b, T), −inf when k = V
             return TeacherScores(
-                "topk", token, topk_logprobs=values.float() - lse[..., None], topk_ids=indices
+                "topk",
+                token,
+                topk_logprobs=values.float() - lse[..., None],
+                topk_ids=indices,
+                topk_tail_logprob=tail,
             )
         return TeacherScores("sampled", token)

@@ -28,6 +28,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..core.divergences import DIVERGENCES
+from ..core.loss import TOPK_VARIANTS
 from ..core.sampler import BACKENDS
 from .loggers import LOGGERS
 from .schedules import SCHEDULES
@@ -105,6 +106,13 @@ class DistillConfig:
     teacher_top_k: int | None = _option(
         None, "score the teacher in top-k mode with this k ('full' estimator only)", "what to minimise"
     )
+    teacher_top_k_variant: str = _option(
+        "tail_bucket",
+        "how the top-k loss uses the teacher's k tokens: 'tail_bucket' adds the rest of each model's mass "
+        "as a (k+1)-th outcome; 'conditional' renormalises both over the k tokens (0 at k = 1)",
+        "what to minimise",
+        choices=lambda: TOPK_VARIANTS,
+    )
     fused_lm_head: bool = _option(
         False,
         "compute the 'full' loss from both models' hidden states and LM heads, "
@@ -112,12 +120,20 @@ class DistillConfig:
         "what to minimise",
     )
     # sampling
+    num_generations: int = _option(
+        1,
+        "completions sampled per prompt for on-policy and seq_kd batches, prompt-major (Tinker's "
+        "group_size, TRL's num_generations); a micro-batch then has batch_size × num_generations rows",
+        "sampling",
+    )
     temperature: float = _option(1.0, "sampling temperature of the rollouts", "sampling")
     top_p: float = _option(
         1.0, "nucleus sampling threshold in (0, 1]; 1 keeps the whole distribution", "sampling"
     )
     top_k: int = _option(0, "sample only from the top_k likeliest tokens; 0 keeps all", "sampling")
-    max_new_tokens: int = _option(16, "longest completion, EOS included", "sampling")
+    max_new_tokens: int = _option(
+        16, "longest completion, EOS included (TRL's GKDConfig default is 128)", "sampling"
+    )
     sampler_backend: str = _option(
         "hf",
         "sampling backend, a key of odistill.core.sampler.BACKENDS",
@@ -126,8 +142,28 @@ class DistillConfig:
     )
     # loss
     loss_temperature: float = _option(1.0, "temperature of both distributions inside the 'full' loss", "loss")
+    max_ratio: float | None = _option(
+        None,
+        "'sampled' estimator: clip the importance ratio p_θ/q from above (None: no clipping)",
+        "loss",
+    )
+    kl_coef: float = _option(
+        1.0,
+        "'sampled' estimator: scale of the advantage −(log p_S − log p_T) (Tinker's kl_penalty_coef)",
+        "loss",
+    )
+    kl_discount: float = _option(
+        0.0,
+        "'sampled' estimator: γ in [0, 1]; the advantage of a token is the γ-discounted sum of the per-token "
+        "reverse KL to the end of its completion (Tinker's kl_discount_factor; 0: each token on its own)",
+        "loss",
+    )
     # optimisation
-    batch_size: int = _option(32, "prompts per micro-batch (per process)", "optimisation")
+    batch_size: int = _option(
+        32,
+        "prompts per micro-batch (per process); sampled batches have num_generations completions per prompt",
+        "optimisation",
+    )
     grad_accum: int = _option(1, "micro-batches per optimizer step", "optimisation")
     lr: float = _option(3e-4, "peak learning rate (AdamW)", "optimisation")
     weight_decay: float = _option(0.0, "AdamW weight decay", "optimisation")
@@ -220,13 +256,22 @@ class DistillConfig:
                     getattr(self, f.name) in choices,
                     f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}",
                 )
-        for name in ("temperature", "loss_temperature", "lr"):
+        for name in ("temperature", "loss_temperature", "lr", "kl_coef"):
             v = getattr(self, name)
             _need(
                 _is_number(v) and v > 0 and math.isfinite(v), f"{name} must be a finite number > 0, got {v!r}"
             )
         _need(_is_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
-        for name in ("max_new_tokens", "batch_size", "grad_accum", "steps", "log_every"):
+        _need(
+            _is_number(self.kl_discount) and 0 <= self.kl_discount <= 1,
+            f"kl_discount must be in [0, 1], got {self.kl_discount!r}",
+        )
+        _need(
+            self.max_ratio is None
+            or (_is_number(self.max_ratio) and self.max_ratio > 0 and math.isfinite(self.max_ratio)),
+            f"max_ratio must be a finite number > 0 or None, got {self.max_ratio!r}",
+        )
+        for name in ("max_new_tokens", "batch_size", "grad_accum", "steps", "log_every", "num_generations"):
             _need(
                 _is_int(getattr(self, name), 1),
                 f"{name} must be an integer >= 1, got {getattr(self, name)!r}",
@@ -276,10 +321,27 @@ class DistillConfig:
         )
 
     def _validate_combinations(self) -> None:
+        sampled_only = {"max_ratio": None, "kl_coef": 1.0, "kl_discount": 0.0}
+        changed = [name for name, default in sampled_only.items() if getattr(self, name) != default]
+        _need(
+            not changed or self.estimator == "sampled",
+            f"{', '.join(changed)} shape the 'sampled' estimator's advantage and ratio; with "
+            "estimator='full' they would do nothing: set estimator='sampled' or leave them at their defaults",
+        )
         _need(
             not (self.teacher_top_k and self.estimator == "sampled"),
             "teacher_top_k applies to the 'full' estimator; the 'sampled' estimator needs only sampled-token "
             "log-probs",
+        )
+        _need(
+            not (
+                self.teacher_top_k
+                and self.teacher_top_k_variant == "tail_bucket"
+                and self.loss_temperature != 1
+            ),
+            "teacher_top_k with teacher_top_k_variant='tail_bucket' needs loss_temperature=1 (the "
+            f"teacher's mass outside its top k at temperature {self.loss_temperature} is not known from "
+            "its top-k log-probs): set loss_temperature=1, or teacher_top_k_variant='conditional'",
         )
         _need(
             not (self.fused_lm_head and (self.estimator == "sampled" or self.teacher_top_k)),

@@ -40,8 +40,22 @@ def cpu_threads(threads: int | None = None):
 
 
 def make_accelerator(device: str = "auto", mixed_precision: str = "no"):
-    """An ``accelerate.Accelerator`` for ``device`` ("auto": CUDA when available) and mixed precision."""
+    """An ``accelerate.Accelerator`` for ``device`` ("auto": CUDA when available) and mixed precision.
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision
+    ("AcceleratorState has already been initialized"); in a single process (a notebook running one
+    ``distill()`` in bf16, then one in float32) the precision part of that state is reset first. Under
+    ``torchrun`` it is left alone: every process of a job uses one precision.
+    """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    state = AcceleratorState._shared_state
+    if (
+        state
+        and state.get("_mixed_precision", mixed_precision) != mixed_precision
+        and "RANK" not in os.environ
+    ):
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)

@@ -74,6 +74,7 @@ class TrainState:
     picker: random.Random
     history: list[dict] = field(default_factory=list)
     first_step: int = 1
+    warned_clipped: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -100,7 +101,11 @@ def teacher_mode(config: DistillConfig) -> str:
 
 
 def make_rollouts(state: TrainState, step: int, micro: int) -> Rollouts:
-    """This process's batch of one micro-step: student samples with probability λ, else off-policy data."""
+    """This process's batch of one micro-step: student samples with probability λ, else off-policy data.
+
+    Sampled batches (the student's, or the teacher's with ``seq_kd``) hold ``num_generations``
+    completions of each of the ``batch_size`` prompts, prompt-major; a dataset batch holds each prompt's
+    one reference completion."""
     config, world, rank = state.config, state.accelerator.num_processes, state.accelerator.process_index
     on_policy = state.coin.random() < config.lmbda
     global_batch = [state.picker.randrange(len(state.data)) for _ in range(config.batch_size * world)]
@@ -112,6 +117,7 @@ def make_rollouts(state: TrainState, step: int, micro: int) -> Rollouts:
         temperature=config.temperature,
         top_p=config.top_p,
         top_k=config.top_k,
+        n=config.num_generations,
         backend=config.sampler_backend,
         seed=config.seed * 1_000_003 + (step * config.grad_accum + micro) * world + rank,
     )
@@ -165,7 +171,14 @@ def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
     if config.estimator == "sampled":  # the loss needs log p_S(x_t) with its gradient
         student_lp = token_log_probs(logits, tokens)  # (B, T)
         loss = sampled_token_loss(
-            student_lp, scores.token_logprobs, rollouts.sampling_logprobs, mask, reduction="sum"
+            student_lp,
+            scores.token_logprobs,
+            rollouts.sampling_logprobs,
+            mask,
+            reduction="sum",
+            max_ratio=config.max_ratio,
+            kl_coef=config.kl_coef,
+            kl_discount=config.kl_discount,
         )
         return loss, student_lp, scores.token_logprobs
     with torch.no_grad():  # only the metric needs it: no graph
@@ -179,6 +192,7 @@ def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
         alpha=config.skew_alpha,
         temperature=config.loss_temperature,
         reduction="sum",
+        topk_variant=config.teacher_top_k_variant,
     )
     return loss, student_lp, scores.token_logprobs
 

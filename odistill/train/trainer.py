@@ -65,7 +65,8 @@ class DistillResult:
     Attributes:
         student: the trained student (unwrapped, on its training device, eval mode).
         history: one dict per optimizer step: ``step, loss, reverse_kl, on_policy, source, tokens,
-            tokens_per_s, seconds, lr, grad_norm, completion_length, skipped`` plus ``eval/...`` keys
+            tokens_per_s, seconds, lr, grad_norm, completion_length, clipped_ratio, skipped`` (the
+            fraction of completions cut at ``max_new_tokens`` before a stop token) plus ``eval/...`` keys
             at evaluation steps (step 0 is the evaluation before training).
         seconds: wall-clock time of the loop.
         skipped_steps: steps whose loss was not finite and were therefore not applied.
@@ -259,6 +260,9 @@ def accumulate_gradients(state: TrainState, step: int) -> tuple[dict, bool]:
     step_tokens = count_tokens(state, batches)
     local_tokens = max(sum(r.num_completion_tokens for r in batches), 1)
     row = {"step": step, "loss": 0.0, "reverse_kl": 0.0, "tokens": 0, "completion_length": 0.0}
+    rows = sum(len(r) for r in batches)
+    row["clipped_ratio"] = sum(r.num_clipped for r in batches) / rows
+    warn_if_clipped(state, step, row["clipped_ratio"], rows)
     finite = True
     for micro, rollouts in enumerate(batches):
         scores = score(state, rollouts)
@@ -272,6 +276,20 @@ def accumulate_gradients(state: TrainState, step: int) -> tuple[dict, bool]:
         row["tokens"] += n
         row["completion_length"] += n / len(rollouts) / config.grad_accum
     return row, finite
+
+
+def warn_if_clipped(state: TrainState, step: int, ratio: float, rows: int) -> None:
+    """Warn once per run when more than half of a step's completions were cut at ``max_new_tokens``."""
+    if ratio > 0.5 and not state.warned_clipped:
+        state.warned_clipped = True
+        warnings.warn(
+            f"step {step}: {round(ratio * rows)} of {rows} completions ({ratio:.0%}) reached "
+            f"max_new_tokens={state.config.max_new_tokens} without a stop token; they are scored as cut, "
+            "not as finished. Raise max_new_tokens if the task's answers are longer (odistill's default "
+            "is 16, TRL's GKDConfig 128); 'clipped_ratio' in the history tracks it (warned once per run)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def maybe_eval(state: TrainState, row: dict, eval_fn) -> dict:

@@ -258,7 +258,7 @@ def test_distillation_loss_full_equals_the_divergence(tiny_pair, rollouts):
         assert torch.allclose(loss, want)
 
 
-def test_topk_loss_renormalises_over_the_teacher_support():
+def test_conditional_topk_loss_renormalises_over_the_teacher_support():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 3, 10, generator=g), torch.randn(2, 3, 10, generator=g)
     m = torch.ones(2, 3, dtype=torch.bool)
@@ -266,7 +266,7 @@ def test_topk_loss_renormalises_over_the_teacher_support():
     from odistill.core.teacher import TeacherScores
 
     scores = TeacherScores("topk", torch.zeros(2, 3), topk_logprobs=values, topk_ids=ids)
-    got = distillation_loss(s, scores, m, divergence="reverse_kl")
+    got = distillation_loss(s, scores, m, divergence="reverse_kl", topk_variant="conditional")
     # reference: restrict both to the support and renormalise, by hand
     ps = torch.softmax(s.gather(-1, ids).double(), -1)
     pt = torch.softmax(values.double(), -1)
@@ -275,7 +275,10 @@ def test_topk_loss_renormalises_over_the_teacher_support():
     # with k = V it is exactly the full divergence
     values_all, ids_all = torch.log_softmax(t, -1).topk(10, -1)
     full_k = distillation_loss(
-        s, TeacherScores("topk", torch.zeros(2, 3), topk_logprobs=values_all, topk_ids=ids_all), m
+        s,
+        TeacherScores("topk", torch.zeros(2, 3), topk_logprobs=values_all, topk_ids=ids_all),
+        m,
+        topk_variant="conditional",
     )
     assert torch.allclose(full_k, reverse_kl(s, t, m), atol=1e-6)
 

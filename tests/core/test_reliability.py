@@ -69,14 +69,14 @@ def test_sampled_estimator_is_finite_with_finite_gradients(pair):
 
 
 @settings(max_examples=60, deadline=None)
-@given(logits_pairs(), st.integers(1, 4))
-def test_topk_scores_are_finite(pair, k):
+@given(logits_pairs(), st.integers(1, 4), st.sampled_from(["tail_bucket", "conditional"]))
+def test_topk_scores_are_finite(pair, k, variant):
     s, t, mask = pair
     k = min(k, s.shape[-1])
     values, ids = torch.log_softmax(t.float(), -1).topk(k, -1)
     scores = TeacherScores("topk", torch.zeros(mask.shape), topk_logprobs=values, topk_ids=ids)
     s = s.clone().float().requires_grad_(True)
-    loss = distillation_loss(s, scores, mask, divergence="reverse_kl")
+    loss = distillation_loss(s, scores, mask, divergence="reverse_kl", topk_variant=variant)
     (grad,) = torch.autograd.grad(loss, s)
     assert torch.isfinite(loss) and loss.item() >= -1e-4 and torch.isfinite(grad).all()
 

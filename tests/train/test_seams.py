@@ -374,3 +374,12 @@ def test_adam_settings_and_save_total_limit_reach_the_run(char_tokenizer, tmp_pa
         DistillConfig(adam_betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="save_total_limit must be an integer >= 1 or None"):
         DistillConfig(save_total_limit=0)
+
+
+def test_one_process_can_train_in_bf16_then_in_float32():
+    """accelerate refuses a second Accelerator with another precision unless its state is reset."""
+    from odistill.train.runtime import make_accelerator
+
+    assert make_accelerator("cpu", "bf16").mixed_precision == "bf16"
+    assert make_accelerator("cpu", "no").mixed_precision == "no"
+    assert make_accelerator("cpu", "no").mixed_precision == "no"

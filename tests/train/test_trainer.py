@@ -283,3 +283,31 @@ def test_describe_and_presets():
     assert DistillConfig.preset("tiny-cpu", steps=3).steps == 3
     with pytest.raises(ConfigError, match="unknown preset"):
         DistillConfig.preset("huge")
+
+
+@pytest.mark.parametrize(
+    "kw, rows_per_batch",
+    [(dict(lmbda=1.0), 12), (dict(lmbda=0.0, seq_kd=True), 12), (dict(lmbda=0.0), 4)],
+    ids=["on-policy", "seq_kd", "dataset"],
+)
+def test_num_generations_samples_each_prompt_that_many_times_prompt_major(
+    char_tokenizer, monkeypatch, kw, rows_per_batch
+):
+    import odistill.train.trainer as trainer
+
+    seen, real = [], trainer.make_rollouts
+
+    def spy(state, step, micro):
+        rollouts = real(state, step, micro)
+        seen.append(rollouts)
+        return rollouts
+
+    monkeypatch.setattr(trainer, "make_rollouts", spy)
+    student, teacher = _pair(char_tokenizer)
+    distill(student, teacher, char_tokenizer, DATA, _cfg(steps=2, batch_size=4, num_generations=3, **kw))
+    assert [len(r) for r in seen] == [rows_per_batch] * 2
+    if rows_per_batch == 12:  # prompt-major: rows 3i, 3i+1, 3i+2 share prompt i
+        for r in seen:
+            assert r.prompt_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+            assert all(r.prompts[3 * i] == r.prompts[3 * i + j] for i in range(4) for j in range(3))
+            assert len({r.prompts[0], r.prompts[3], r.prompts[6], r.prompts[9]}) > 1
