@@ -194,10 +194,18 @@ def right_pad(sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     return ids
 
 
-def render_prompts(tokenizer, prompts) -> tuple[list[str], list[list[int]]]:
+def render_prompts(tokenizer, prompts, max_length: int | None = None) -> tuple[list[str], list[list[int]]]:
     """Tokenise prompts: plain strings as they are (with the tokenizer's special tokens, e.g. BOS),
     chat conversations (lists of ``{"role", "content"}`` dicts) through the tokenizer's chat template
-    with the generation prompt added. Returns the rendered texts and their token ids."""
+    with the generation prompt added. Returns the rendered texts and their token ids.
+
+    ``max_length``: a prompt of more tokens is cut **from the left** to its last ``max_length`` tokens
+    (the end of a prompt — the question, the generation prompt — is what the completion follows), its text
+    becomes the decoded kept tokens, and a warning says so (once per place it happens)."""
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+    ):
+        raise ValueError(f"max_prompt_length must be an integer >= 1 or None, got {max_length!r}")
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise TypeError(
             "prompts must be a list of strings or a list of chat conversations (lists of messages)"
@@ -233,6 +241,18 @@ def render_prompts(tokenizer, prompts) -> tuple[list[str], list[list[int]]]:
             encoded = tokenizer([texts[i] for i in where], add_special_tokens=flag)["input_ids"]
             for i, row in zip(where, encoded, strict=True):
                 ids[i] = list(row)
+    if max_length is not None:
+        cut = [i for i, row in enumerate(ids) if len(row) > max_length]
+        for i in cut:
+            ids[i] = ids[i][-max_length:]
+            texts[i] = tokenizer.decode(ids[i])
+        if cut:
+            warnings.warn(
+                f"prompts longer than max_prompt_length={max_length} tokens were cut from the left (their "
+                "first tokens dropped, the end kept); raise max_prompt_length to keep them whole",
+                UserWarning,
+                stacklevel=3,
+            )
     return texts, ids
 
 
@@ -243,12 +263,18 @@ def check_context_length(model, prompt_width: int, max_new_tokens: int) -> None:
         raise ValueError(
             f"prompt ({prompt_width} tokens, the longest in the batch) + max_new_tokens ({max_new_tokens}) = "
             f"{prompt_width + max_new_tokens} exceeds the model's context window of {limit} tokens; "
-            "shorten the prompts or lower max_new_tokens"
+            "shorten the prompts (max_prompt_length cuts them from the left) or lower max_new_tokens"
         )
 
 
 def rollouts_from_text(
-    tokenizer, prompts, completions: Sequence[str], *, add_eos: bool = True, source="dataset"
+    tokenizer,
+    prompts,
+    completions: Sequence[str],
+    *,
+    add_eos: bool = True,
+    source="dataset",
+    max_prompt_length: int | None = None,
 ):
     """Build :class:`Rollouts` from given completion texts (off-policy data: a dataset or a teacher).
 
@@ -258,6 +284,7 @@ def rollouts_from_text(
         completions: one completion text per prompt (without EOS; it is appended when ``add_eos``).
         add_eos: append the EOS token to each completion, so the student learns to stop.
         source: recorded in ``Rollouts.source``.
+        max_prompt_length: cut longer prompts from the left (see :func:`render_prompts`).
 
     Returns:
         Rollouts with ``sampling_logprobs=None`` (the sampling distribution is unknown).
@@ -267,7 +294,7 @@ def rollouts_from_text(
             f"got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt"
         )
     pad_id, eos_ids = resolve_special_ids(tokenizer)
-    prompt_texts, prompt_ids = render_prompts(tokenizer, prompts)
+    prompt_texts, prompt_ids = render_prompts(tokenizer, prompts, max_prompt_length)
     completion_ids = [
         list(tokenizer(c, add_special_tokens=False)["input_ids"]) + ([eos_ids[0]] if add_eos else [])
         for c in completions

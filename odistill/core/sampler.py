@@ -219,6 +219,7 @@ def sample(
     backend: str = "hf",
     source: str = "student",
     keep_special_tokens: bool = False,
+    max_prompt_length: int | None = None,
 ) -> Rollouts:
     """Sample ``n`` completions per prompt from ``model`` and return them as :class:`Rollouts`.
 
@@ -239,6 +240,9 @@ def sample(
         keep_special_tokens: keep the special tokens a completion writes before its EOS (``<bos>``,
             ``<unk>``, ``<pad>``) in ``Rollouts.texts``, so a verifier sees a malformed completion as
             malformed; by default they are removed. The EOS that ends a completion is never in the text.
+        max_prompt_length: cut longer prompts from the left to their last ``max_prompt_length`` tokens,
+            with a warning (see :func:`~odistill.core.rollouts.render_prompts`); None keeps them whole
+            (a prompt too long for the model's context window is then a clear error).
 
     Returns:
         Rollouts with ``completion_mask`` (tokens up to and including the first EOS),
@@ -253,7 +257,7 @@ def sample(
     temperature = _check_sampling(n, max_new_tokens, temperature, top_p, top_k, backend)
     model = unwrap_model(model)
     pad_id, eos_ids = resolve_special_ids(tokenizer, model)
-    prompt_texts, prompt_ids = render_prompts(tokenizer, prompts)
+    prompt_texts, prompt_ids = render_prompts(tokenizer, prompts, max_prompt_length)
     prompt_ids = [ids for ids in prompt_ids for _ in range(n)]  # prompt-major repetition
     prompt_texts = [text for text in prompt_texts for _ in range(n)]
     ids, attn = left_pad(prompt_ids, pad_id)  # (B·n, P)

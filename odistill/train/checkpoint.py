@@ -120,9 +120,11 @@ def load_training_checkpoint(
 
     state = torch.load(path / STATE_FILE, weights_only=False)
     saved = DistillConfig.load(path / CONFIG_FILE)
-    if saved.seed != config.seed or saved.lmbda != config.lmbda or saved.batch_size != config.batch_size:
+    reproducing = ("seed", "lmbda", "lmbda_schedule", "lmbda_start", "batch_size", "num_generations", "steps")
+    differ = [name for name in reproducing if getattr(saved, name) != getattr(config, name)]
+    if differ:
         warnings.warn(
-            f"resuming {path} with a config that differs from the saved one (seed/lmbda/batch_size); "
+            f"resuming {path} with a config that differs from the saved one ({', '.join(differ)}); "
             "the run will not reproduce an uninterrupted one",
             stacklevel=3,
         )

@@ -31,7 +31,7 @@ from ..core.divergences import DIVERGENCES
 from ..core.loss import TOPK_VARIANTS
 from ..core.sampler import BACKENDS
 from .loggers import LOGGERS
-from .schedules import SCHEDULES
+from .schedules import LMBDA_SCHEDULES, SCHEDULES, lmbda_at
 
 __all__ = ["DistillConfig", "PRESETS", "ConfigError", "SECTIONS", "field_choices"]
 
@@ -74,6 +74,16 @@ class DistillConfig:
         1.0,
         "probability that a batch is sampled by the student (1 = on-policy, 0 = off-policy)",
         "what to minimise",
+    )
+    lmbda_schedule: str = _option(
+        "constant",
+        "how λ moves over training, from lmbda_start at the first step to lmbda at the last "
+        "(odistill.train.schedules.LMBDA_SCHEDULES; 'constant': λ = lmbda throughout)",
+        "what to minimise",
+        choices=lambda: LMBDA_SCHEDULES,
+    )
+    lmbda_start: float = _option(
+        0.0, "λ at the first step of a non-constant lmbda_schedule, in [0, 1]", "what to minimise"
     )
     beta: float = _option(
         1.0,
@@ -217,6 +227,12 @@ class DistillConfig:
         cli=False,
     )
     # data
+    max_prompt_length: int | None = _option(
+        None,
+        "cut longer prompts from the left to their last N tokens, with a warning (None: keep them whole; "
+        "one too long for the model is a clear error)",
+        "data",
+    )
     prompt_column: str = _option(
         "prompt", "dataset column of the prompts (strings or chat messages)", "data", cli=False
     )
@@ -240,7 +256,7 @@ class DistillConfig:
         return self
 
     def _validate_values(self) -> None:
-        for name in ("lmbda", "beta"):
+        for name in ("lmbda", "beta", "lmbda_start"):
             _need(
                 _is_number(getattr(self, name)) and 0.0 <= getattr(self, name) <= 1.0,
                 f"{name} must be in [0, 1], got {getattr(self, name)!r}",
@@ -281,7 +297,7 @@ class DistillConfig:
                 _is_int(getattr(self, name), 0),
                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}",
             )
-        for name in ("teacher_top_k", "teacher_micro_batch_size", "save_total_limit"):
+        for name in ("teacher_top_k", "teacher_micro_batch_size", "save_total_limit", "max_prompt_length"):
             v = getattr(self, name)
             _need(v is None or _is_int(v, 1), f"{name} must be an integer >= 1 or None, got {v!r}")
         for name in ("seq_kd", "fused_lm_head", "progress", "disable_dropout"):
@@ -350,10 +366,10 @@ class DistillConfig:
             "estimator without teacher_top_k)",
         )
         _need(
-            not (self.estimator == "sampled" and self.lmbda < 1 and not self.seq_kd),
+            not (self.estimator == "sampled" and self.min_lmbda < 1 and not self.seq_kd),
             "estimator='sampled' needs the probability of each sampled token under the distribution it was "
             "drawn from, which dataset completions do not have: "
-            f"use lmbda=1 (fully on-policy, got {self.lmbda}), "
+            f"use lmbda=1 (fully on-policy, got λ down to {self.min_lmbda}), "
             "or seq_kd=True (off-policy batches sampled from the teacher), or estimator='full'",
         )
         _need(
@@ -366,6 +382,17 @@ class DistillConfig:
         )
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def min_lmbda(self) -> float:
+        """The smallest λ of the run (``lmbda``, or ``lmbda_start`` too with a non-constant schedule)."""
+        if self.lmbda_schedule == "constant":
+            return float(self.lmbda)
+        return float(min(self.lmbda, self.lmbda_start))
+
+    def lmbda_at(self, step: int) -> float:
+        """λ at optimizer step ``step`` (1-based, as in the history) of ``steps``."""
+        return lmbda_at(self.lmbda_schedule, step - 1, self.steps, self.lmbda_start, self.lmbda)
+
     @property
     def divergence_weight(self) -> float | None:
         """The parameter of the chosen divergence (``beta`` for 'jsd', ``skew_alpha`` for the skew KLs), read
@@ -387,7 +414,9 @@ class DistillConfig:
         data = {1.0: f"on-policy (λ={lam})", 0.0: f"off-policy (λ={lam})"}.get(
             float(self.lmbda), f"mixed (λ={lam})"
         )
-        if self.lmbda < 1 and self.seq_kd:
+        if self.lmbda_schedule != "constant":
+            data = f"λ {self.lmbda_schedule} {self.lmbda_start:g}→{lam}"
+        if self.min_lmbda < 1 and self.seq_kd:
             data += " · seq-KD"
         if self.estimator == "sampled":
             minimised = DIVERGENCES["reverse_kl"].describe()

@@ -52,7 +52,8 @@ class PromptSource:
                 self.completions.append(self._completion(row, config, columns))
         if need_completions and any(c is None for c in self.completions):
             raise DatasetError(
-                f"off-policy batches (lmbda={config.lmbda} < 1, seq_kd=False) train on the dataset's "
+                f"off-policy batches (lmbda down to {config.min_lmbda} < 1, seq_kd=False) train on the "
+                "dataset's "
                 f"completions, but the dataset has no completion column (it has {columns}): "
                 "add a 'completion' or 'answer' column, set DistillConfig.completion_column, "
                 "use seq_kd=True to sample them from the teacher, or lmbda=1"

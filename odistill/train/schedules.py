@@ -10,6 +10,18 @@ after a linear warm-up over the first ``warmup`` steps::
     linear       max(0, 1 − p)
 
 Add one by writing ``factor(progress) -> float`` and registering it in :data:`SCHEDULES`.
+
+**λ schedules** (:data:`LMBDA_SCHEDULES`) move the on-policy probability λ over training, from
+``lmbda_start`` at the first step to ``lmbda`` at the last (GKD's λ, e.g. a hand-over from off-policy to
+on-policy for a weak student). A λ schedule is ``progress(step, total_steps) -> p`` in [0, 1] for
+``step = 0 … total_steps`` (0 the first optimizer step, ``total_steps`` the last), and
+``λ = lmbda_start + (lmbda − lmbda_start) · p``::
+
+    constant     p = 1             λ = lmbda throughout (lmbda_start unused)
+    linear       p = step / total_steps
+    cosine       p = ½ (1 − cos(π · step / total_steps))   slow start and finish
+
+Register your own with :func:`register_lmbda_schedule`; a config names it, so it stays JSON.
 """
 
 from __future__ import annotations
@@ -19,7 +31,14 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["SCHEDULES", "lr_factor", "make_scheduler"]
+__all__ = [
+    "SCHEDULES",
+    "lr_factor",
+    "make_scheduler",
+    "LMBDA_SCHEDULES",
+    "register_lmbda_schedule",
+    "lmbda_at",
+]
 
 #: Registered schedules: name → factor of the peak learning rate as a function of progress in [0, ∞).
 SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -52,3 +71,47 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(name, step, total_steps, warmup_steps)
     )
+
+
+#: Registered λ schedules: name → ``progress(step, total_steps)`` in [0, 1] (see the module docstring).
+LMBDA_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda step, total_steps: 1.0,
+    "linear": lambda step, total_steps: step / total_steps if total_steps else 1.0,
+    "cosine": lambda step, total_steps: (
+        0.5 * (1.0 - math.cos(math.pi * step / total_steps)) if total_steps else 1.0
+    ),
+}
+
+
+def register_lmbda_schedule(name: str, progress: Callable[[int, int], float]) -> None:
+    """Add ``progress(step, total_steps) -> p in [0, 1]`` to :data:`LMBDA_SCHEDULES` under ``name`` (then
+    ``DistillConfig(lmbda_schedule=name, lmbda_start=…, lmbda=…)``). It is checked at every step of
+    ``0 … 100`` now, so a broken schedule fails here and not in the middle of a run."""
+    if not (isinstance(name, str) and name) or not callable(progress):
+        raise TypeError("register_lmbda_schedule(name, progress): a non-empty name and a callable")
+    for step in range(101):
+        _checked_progress(name, progress, step, 100)
+    LMBDA_SCHEDULES[name] = progress
+
+
+def _checked_progress(name, progress, step: int, total_steps: int) -> float:
+    p = progress(step, total_steps)
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+        raise ValueError(
+            f"λ schedule {name!r} returned {p!r} at step {step} of {total_steps}: it must return a number "
+            "in [0, 1] (the fraction of the way from lmbda_start to lmbda)"
+        )
+    return float(p)
+
+
+def lmbda_at(name: str, step: int, total_steps: int, start: float, end: float) -> float:
+    """λ at optimizer step ``step`` (0-based) of ``total_steps`` (``step = total_steps − 1`` is the last).
+
+    Example:
+        >>> [lmbda_at("linear", s, 5, 0.0, 1.0) for s in range(5)]
+        [0.0, 0.25, 0.5, 0.75, 1.0]
+    """
+    if name not in LMBDA_SCHEDULES:
+        raise ValueError(f"unknown λ schedule {name!r}; schedules: {sorted(LMBDA_SCHEDULES)}")
+    p = _checked_progress(name, LMBDA_SCHEDULES[name], step, total_steps - 1)
+    return start + (end - start) * p

@@ -107,7 +107,7 @@ def make_rollouts(state: TrainState, step: int, micro: int) -> Rollouts:
     completions of each of the ``batch_size`` prompts, prompt-major; a dataset batch holds each prompt's
     one reference completion."""
     config, world, rank = state.config, state.accelerator.num_processes, state.accelerator.process_index
-    on_policy = state.coin.random() < config.lmbda
+    on_policy = state.coin.random() < config.lmbda_at(step)
     global_batch = [state.picker.randrange(len(state.data)) for _ in range(config.batch_size * world)]
     prompts, completions = state.data.batch(
         global_batch[rank * config.batch_size : (rank + 1) * config.batch_size]
@@ -119,13 +119,16 @@ def make_rollouts(state: TrainState, step: int, micro: int) -> Rollouts:
         top_k=config.top_k,
         n=config.num_generations,
         backend=config.sampler_backend,
+        max_prompt_length=config.max_prompt_length,
         seed=config.seed * 1_000_003 + (step * config.grad_accum + micro) * world + rank,
     )
     if on_policy:
         return sample(state.student, state.tokenizer, prompts, source="student", **sampling)
     if config.seq_kd:
         return state.teacher.sample(state.tokenizer, prompts, **sampling).to(state.device)
-    return rollouts_from_text(state.tokenizer, prompts, completions).to(state.device)
+    return rollouts_from_text(
+        state.tokenizer, prompts, completions, max_prompt_length=config.max_prompt_length
+    ).to(state.device)
 
 
 def score(state: TrainState, rollouts: Rollouts) -> TeacherScores:

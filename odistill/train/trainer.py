@@ -65,8 +65,9 @@ class DistillResult:
     Attributes:
         student: the trained student (unwrapped, on its training device, eval mode).
         history: one dict per optimizer step: ``step, loss, reverse_kl, on_policy, source, tokens,
-            tokens_per_s, seconds, lr, grad_norm, completion_length, clipped_ratio, skipped`` (the
-            fraction of completions cut at ``max_new_tokens`` before a stop token) plus ``eval/...`` keys
+            tokens_per_s, seconds, lr, grad_norm, completion_length, clipped_ratio, lmbda, skipped``
+            (``clipped_ratio``: the fraction of completions cut at ``max_new_tokens`` before a stop token;
+            ``lmbda``: the step's λ, see ``lmbda_schedule``) plus ``eval/...`` keys
             at evaluation steps (step 0 is the evaluation before training).
         seconds: wall-clock time of the loop.
         skipped_steps: steps whose loss was not finite and were therefore not applied.
@@ -154,7 +155,7 @@ def distill(
 
 def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_from=None) -> TrainState:
     """Check the inputs, place the models, build the optimizer and schedule, and resume if asked."""
-    data = PromptSource(dataset, config, need_completions=config.lmbda < 1 and not config.seq_kd)
+    data = PromptSource(dataset, config, need_completions=config.min_lmbda < 1 and not config.seq_kd)
     resolve_special_ids(tokenizer, student)  # clear error now if there is no EOS
     vocab = check_vocab_compatible(student, teacher, tokenizer)
     accelerator = make_accelerator(config.device, config.mixed_precision)
@@ -221,7 +222,7 @@ def _as_teacher(teacher, config: DistillConfig, vocab: int, device):
             f"teacher must be a torch.nn.Module or a Teacher (with vocab_size and score()), got "
             f"{type(teacher).__name__}"
         )
-    needs = {"sample": config.seq_kd and config.lmbda < 1, "lm_head": mode == "hidden"}
+    needs = {"sample": config.seq_kd and config.min_lmbda < 1, "lm_head": mode == "hidden"}
     for member, needed in needs.items():
         if needed and not callable(getattr(teacher, member, None)):
             raise TypeError(
@@ -260,6 +261,7 @@ def accumulate_gradients(state: TrainState, step: int) -> tuple[dict, bool]:
     step_tokens = count_tokens(state, batches)
     local_tokens = max(sum(r.num_completion_tokens for r in batches), 1)
     row = {"step": step, "loss": 0.0, "reverse_kl": 0.0, "tokens": 0, "completion_length": 0.0}
+    row["lmbda"] = config.lmbda_at(step)
     rows = sum(len(r) for r in batches)
     row["clipped_ratio"] = sum(r.num_clipped for r in batches) / rows
     warn_if_clipped(state, step, row["clipped_ratio"], rows)
