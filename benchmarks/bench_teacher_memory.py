@@ -79,7 +79,13 @@ def worker(job: dict) -> dict:
         peaks.append(mem.above)
         kept = sum(
             t.numel() * t.element_size()
-            for t in (scores.token_logprobs, scores.logprobs, scores.topk_logprobs, scores.topk_ids)
+            for t in (
+                scores.token_logprobs,
+                scores.logprobs,
+                scores.topk_logprobs,
+                scores.topk_ids,
+                scores.topk_tail_logprob,
+            )
             if t is not None
         )
         del scores

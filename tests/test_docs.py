@@ -65,6 +65,7 @@ PAGES = [
     "install",
     "quickstart",
     "concepts",
+    "coming_from",
     "notebooks",
     "exercises",
     "architecture",

@@ -13,7 +13,7 @@ from ..train.config import DistillConfig
 from ..train.runtime import cpu_threads
 from ..train.trainer import distill
 from .evaluation import evaluate
-from .models import load_model
+from .models import count_parameters, load_model
 from .tasks import get_task
 
 __all__ = ["make_eval_fn", "run_distillation", "run_demo", "DEMO_METHODS", "format_table"]
@@ -54,21 +54,29 @@ def run_distillation(
         eval_n: held-out prompts per evaluation during training (``config.eval_every``).
         final_eval_n: held-out prompts for the before/after evaluation.
         samples_per_prompt: temperature-1 samples per prompt for ``sampled`` accuracy / validity.
-        threads: torch CPU threads for the run (default: :func:`odistill.train.runtime.cpu_threads`'s policy).
+        threads: torch CPU threads for the run (default: ``config.threads``, else the policy of
+            :mod:`odistill.train.runtime`: one thread for lab-bench models).
         resume_from: continue an interrupted run from its checkpoint (see :func:`~odistill.distill`).
 
     Returns:
         A JSON-ready dict: ``task, config, student_accuracy_before, student_accuracy_after,
         student_sampled_before, student_sampled_after, teacher_accuracy, teacher_sampled, steps, seconds,
-        seconds_per_step, skipped_steps, clipped_ratio`` (the mean over steps of the fraction of
-        completions cut at ``max_new_tokens``) and ``history`` (per-step rows).
+        seconds_per_step, skipped_steps, threads`` (the CPU threads the policy chose, None on a GPU),
+        ``clipped_ratio`` (the mean over steps of the fraction of completions cut at ``max_new_tokens``)
+        and ``history`` (per-step rows).
     """
-    with cpu_threads(threads):
+    task_obj, config = get_task(task), config or DistillConfig()
+    student_model, tokenizer = load_model(student or f"{task_obj.name}-student")
+    teacher_model, _ = load_model(teacher or f"{task_obj.name}-teacher")
+    size = count_parameters(student_model) + count_parameters(teacher_model)
+    with cpu_threads(threads if threads is not None else config.threads, parameters=size) as chosen:
+        # the loop keeps the same count (an explicit one, so its own policy does not choose again)
+        config = replace(config, threads=chosen)
         return _run_distillation(
-            get_task(task),
-            config or DistillConfig(),
-            student,
-            teacher,
+            task_obj,
+            config,
+            (student_model, tokenizer),
+            teacher_model,
             eval_n,
             final_eval_n,
             samples_per_prompt,
@@ -77,12 +85,11 @@ def run_distillation(
 
 
 def _run_distillation(
-    task_obj, config, student, teacher, eval_n, final_eval_n, samples_per_prompt, resume_from
+    task_obj, config, student, teacher_model, eval_n, final_eval_n, samples_per_prompt, resume_from
 ):
     if config.max_new_tokens == DistillConfig.max_new_tokens:
         config = replace(config, max_new_tokens=task_obj.max_new_tokens)
-    student_model, tokenizer = load_model(student or f"{task_obj.name}-student")
-    teacher_model, _ = load_model(teacher or f"{task_obj.name}-teacher")
+    student_model, tokenizer = student
 
     def measure(model):
         r = evaluate(
@@ -119,6 +126,7 @@ def _run_distillation(
         "seconds": result.seconds,
         "seconds_per_step": result.seconds / config.steps,
         "skipped_steps": result.skipped_steps,
+        "threads": result.threads,
         "clipped_ratio": _mean_of(result.history, "clipped_ratio"),
         "history": result.history,
     }

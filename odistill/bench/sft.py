@@ -218,7 +218,7 @@ def train_checkpoint(
         f"{steps} steps × batch {recipe.batch_size}, lr {lr}, seed {seed}",
         file=sys.stderr,
     )
-    with cpu_threads(threads):
+    with cpu_threads(threads, parameters=count_parameters(model)):
         history = train_sft(
             model,
             tokenizer,

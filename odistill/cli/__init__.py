@@ -8,6 +8,7 @@ listing it in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from . import demo, distill, train_teacher
@@ -45,6 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_libraries(quiet: bool):
+    """With ``--quiet`` / ``--json``: no progress bars or info messages from transformers and datasets either
+    (e.g. "Loading checkpoint shards" of a sharded hub model); warnings and errors still show."""
+    if not quiet:
+        yield
+        return
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    datasets_bars = datasets.is_progress_bar_enabled()
+    hf_logging.set_verbosity_warning()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if datasets_bars:
+            datasets.enable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``odistill`` command; returns the exit status."""
     parser = build_parser()
@@ -53,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return args.func(args)
+        with _quiet_libraries(getattr(args, "quiet", False) or getattr(args, "json", False)):
+            return args.func(args)
     except (FileNotFoundError, ValueError) as error:  # a wrong name or argument: say what, not a traceback
         print(f"odistill {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -24,6 +24,9 @@ def run(args) -> int:
         f"{args.steps} steps each:"
     )
     print(summary["table"])
+    threads = summary["runs"][0].get("threads")
+    if threads is not None:
+        print(f"(CPU, {threads} thread{'s' if threads > 1 else ''}: --threads or OMP_NUM_THREADS to change)")
     print()
     print(f"plot: {summary['plot']}   results: {args.out}/results.json")
     return 0
@@ -44,7 +47,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--out", default="odistill_demo", help="folder for the plot and results.json")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default 2, or OMP_NUM_THREADS)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: OMP_NUM_THREADS if set, else 1 for lab-bench-sized models)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

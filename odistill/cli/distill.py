@@ -51,7 +51,8 @@ def run(args) -> int:
         return 0
     print(
         f"{result['task']}: {result['method']}, {result['steps']} steps in {result['seconds']:.1f} s "
-        f"({result['seconds_per_step']:.3f} s/step)"
+        f"({result['seconds_per_step']:.3f} s/step"
+        + (f", {result['threads']} CPU thread(s))" if result.get("threads") else ")")
     )
     print(
         f"  student greedy accuracy  {result['student_accuracy_before']:.3f} -> "
@@ -133,7 +134,10 @@ def add_parser(subparsers) -> None:
     run_group.add_argument("--student", default=None, help="student name/path/hub id (default: TASK-student)")
     run_group.add_argument("--teacher", default=None, help="teacher name/path/hub id (default: TASK-teacher)")
     run_group.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default 2, or OMP_NUM_THREADS)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: OMP_NUM_THREADS if set, else 1 for lab-bench-sized models)",
     )
     run_group.add_argument("--quiet", action="store_true", help="no progress bar")
     run_group.add_argument(

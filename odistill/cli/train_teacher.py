@@ -65,7 +65,7 @@ def add_parser(subparsers) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads (default 2, or OMP_NUM_THREADS); use 1 when the machine is busy",
+        help="CPU threads (default: OMP_NUM_THREADS if set, else 1 for lab-bench-sized models)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

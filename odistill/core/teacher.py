@@ -280,9 +280,9 @@ class TeacherScorer:
             return TeacherScores("full", token, logprobs=logprobs)
         if mode == "topk":
             values, indices = logits.topk(k, dim=-1)  # (b, T, k), descending (log-softmax keeps the order)
-            # the mass outside the top k, from the logits (1 − Σ top-k would lose it to rounding)
-            outside = logits.scatter(-1, indices, float("-inf"))
-            tail = logsumexp_rows(outside) - lse  # (b, T), −inf when k = V
+            # the mass outside the top k, from the logits (1 − Σ top-k would lose it to rounding), a few
+            # rows at a time: no (b, T, V) copy
+            tail = logsumexp_rows(logits, exclude=indices) - lse  # (b, T), −inf when k = V
             return TeacherScores(
                 "topk",
                 token,

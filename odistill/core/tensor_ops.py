@@ -168,22 +168,33 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: 
 
 
 def logsumexp_rows(
-    logits: torch.Tensor, *, dtype: torch.dtype = torch.float32, temperature: float = 1.0
+    logits: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float32,
+    temperature: float = 1.0,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``logsumexp(logits / temperature, dim=-1)`` computed in ``dtype``. ``(..., V) -> (...)``
 
+    ``exclude``: ``(..., k)`` indices of entries left out of each row's sum (e.g. a teacher's top-k tokens,
+    for the log of its mass outside them; ``-inf`` when nothing is left).
     When no gradient is needed it runs a few rows at a time, so low-precision logits are never upcast
-    as a whole and each chunk stays in the CPU cache. The numbers are those of one call on the whole
-    tensor.
+    (or copied, with ``exclude``) as a whole and each chunk stays in the CPU cache. The numbers are
+    those of one call on the whole tensor.
     """
     if torch.is_grad_enabled() and logits.requires_grad:
         z = logits.to(dtype)
+        if exclude is not None:
+            z = z.scatter(-1, exclude, float("-inf"))
         return torch.logsumexp(z / temperature if temperature != 1.0 else z, dim=-1)
     rows = logits.reshape(-1, logits.shape[-1])
+    left_out = None if exclude is None else exclude.reshape(-1, exclude.shape[-1])
     step = max(1, _LSE_CHUNK_ELEMENTS // max(rows.shape[-1], 1))
     parts = []
-    for chunk in rows.split(step):
-        z = chunk.to(dtype)
+    for start in range(0, rows.shape[0], step):
+        z = rows[start : start + step].to(dtype)
+        if left_out is not None:  # a copy of this chunk only (``to`` may have returned the input itself)
+            z = z.scatter(-1, left_out[start : start + step], float("-inf"))
         parts.append((z / temperature if temperature != 1.0 else z).logsumexp(-1))
     lse = torch.cat(parts) if parts else rows.new_zeros(0, dtype=dtype)
     return lse.reshape(logits.shape[:-1])

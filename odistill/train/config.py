@@ -219,6 +219,13 @@ class DistillConfig:
         None, "where the teacher runs (None: the student's device)", "bookkeeping", cli=False
     )
     progress: bool = _option(True, "show a progress bar", "bookkeeping", cli=False)
+    threads: int | None = _option(
+        None,
+        "torch CPU threads for the loop on CPU (None: the policy of odistill.train.runtime — "
+        "OMP_NUM_THREADS if set, 1 for models up to 20 M parameters, else torch's default)",
+        "bookkeeping",
+        cli=False,
+    )
     report_to: tuple[str, ...] = _option(
         (),
         "more loggers of the per-step metrics, names of "
@@ -297,7 +304,13 @@ class DistillConfig:
                 _is_int(getattr(self, name), 0),
                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}",
             )
-        for name in ("teacher_top_k", "teacher_micro_batch_size", "save_total_limit", "max_prompt_length"):
+        for name in (
+            "teacher_top_k",
+            "teacher_micro_batch_size",
+            "save_total_limit",
+            "max_prompt_length",
+            "threads",
+        ):
             v = getattr(self, name)
             _need(v is None or _is_int(v, 1), f"{name} must be an integer >= 1 or None, got {v!r}")
         for name in ("seq_kd", "fused_lm_head", "progress", "disable_dropout"):

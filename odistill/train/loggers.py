@@ -35,14 +35,17 @@ class Logger(Protocol):
 class ProgressLogger:
     """A tqdm bar over the optimizer steps; the loss and per-token reverse KL every ``log_every`` steps."""
 
-    def __init__(self):
-        self.bar = None
+    def __init__(self, threads: int | None = None):
+        self.bar, self.threads = None, threads
 
     def start(self, config, first_step: int) -> None:
         from tqdm.auto import tqdm
 
         self.config = config
-        self.bar = tqdm(desc=config.describe(), initial=first_step - 1, total=config.steps)
+        desc = config.describe()
+        if self.threads is not None:  # on CPU: say what the thread policy chose
+            desc += f" · {self.threads} CPU thread{'s' if self.threads > 1 else ''}"
+        self.bar = tqdm(desc=desc, initial=first_step - 1, total=config.steps)
 
     def log(self, row: dict) -> None:
         if "loss" not in row:  # an evaluation-only row (step 0)
@@ -105,10 +108,15 @@ class CallbackLogger:
 LOGGERS: dict[str, Callable[[], Logger]] = {"progress": ProgressLogger, "jsonl": JsonlLogger}
 
 
-def make_loggers(config, callback: Callable[[dict], None] | None, main_process: bool) -> list[Logger]:
-    """The loggers of a run: the progress bar (if ``config.progress``), ``config.report_to``, the callback."""
+def make_loggers(
+    config, callback: Callable[[dict], None] | None, main_process: bool, *, threads: int | None = None
+) -> list[Logger]:
+    """The loggers of a run: the progress bar (if ``config.progress``; its description names ``threads``,
+    the CPU threads of the loop), ``config.report_to``, the callback."""
     names = [*(["progress"] if config.progress else []), *(n for n in config.report_to if n != "progress")]
-    loggers: list[Logger] = [LOGGERS[name]() for name in names] if main_process else []
+    loggers: list[Logger] = []
+    for name in names if main_process else []:
+        loggers.append(ProgressLogger(threads) if LOGGERS[name] is ProgressLogger else LOGGERS[name]())
     if callback is not None:
         loggers.append(CallbackLogger(callback))
     return loggers

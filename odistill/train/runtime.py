@@ -1,11 +1,18 @@
 """Where training runs: the accelerator (devices, processes, mixed precision) and the CPU thread policy.
 
-The thread policy is the one place odistill sets torch's CPU threads (the CLI, the lab-bench
-experiments and checkpoint training all use :func:`cpu_threads`): an explicit number wins; otherwise
-``OMP_NUM_THREADS`` is respected when set; otherwise at most 2 threads — the lab bench's matrices are
-so small that more threads mostly wait on each other, and on a shared machine they wait on other
-processes too. Denormal floats are flushed while it is active (they can slow CPU math by an order of
-magnitude).
+The thread policy is the one place odistill sets torch's CPU threads (``distill()``, the CLI, the
+lab-bench experiments and checkpoint training all use :func:`cpu_threads` / :func:`choose_threads`),
+in this order:
+
+1. an explicit number (``DistillConfig.threads``, ``--threads``) wins;
+2. otherwise ``OMP_NUM_THREADS``, when set, is respected (torch read it at start-up);
+3. otherwise models of at most :data:`SMALL_MODEL_PARAMETERS` parameters (every lab-bench model) run on
+   **one** thread: their matrices are so small that more threads mostly wait on each other, and on a
+   shared machine on other processes too (``docs/performance.md`` has the measurement);
+4. otherwise torch's own default (one thread per core).
+
+Denormal floats are flushed while it is active (they can slow CPU math by an order of magnitude). The
+choice is reported: ``DistillResult.threads``, the progress bar's description, the CLI's JSON.
 """
 
 from __future__ import annotations
@@ -15,22 +22,33 @@ import os
 
 import torch
 
-__all__ = ["cpu_threads", "make_accelerator"]
+__all__ = ["SMALL_MODEL_PARAMETERS", "choose_threads", "cpu_threads", "make_accelerator"]
 
-#: The most threads :func:`cpu_threads` picks by itself.
-DEFAULT_MAX_THREADS = 2
+#: Models (student and teacher together) up to this many parameters run on one CPU thread by default.
+SMALL_MODEL_PARAMETERS = 20_000_000
+
+
+def choose_threads(threads: int | None = None, *, parameters: int | None = None) -> int | None:
+    """The thread count the policy picks (see the module docstring); None: leave torch's as it is."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
+        return threads
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    if parameters is not None and parameters <= SMALL_MODEL_PARAMETERS:
+        return 1
+    return None
 
 
 @contextlib.contextmanager
-def cpu_threads(threads: int | None = None):
-    """Run the block with ``threads`` torch CPU threads (default: see the module docstring), then restore."""
-    if threads is not None and not (isinstance(threads, int) and threads >= 1):
-        raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
+def cpu_threads(threads: int | None = None, *, parameters: int | None = None):
+    """Run the block with the policy's CPU thread count (an explicit ``threads`` wins; ``parameters``:
+    the size of the models, for rule 3), then restore torch's. Yields the number of threads in use."""
     before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(min(DEFAULT_MAX_THREADS, before))
+    chosen = choose_threads(threads, parameters=parameters)
+    if chosen:
+        torch.set_num_threads(chosen)
     torch.set_flush_denormal(True)
     try:
         yield torch.get_num_threads()

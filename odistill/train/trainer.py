@@ -41,7 +41,7 @@ from .checkpoint import (
 from .config import DistillConfig
 from .data import PromptSource
 from .loggers import make_loggers
-from .runtime import make_accelerator
+from .runtime import cpu_threads, make_accelerator
 from .schedules import make_scheduler
 from .steps import (
     TrainState,
@@ -71,12 +71,15 @@ class DistillResult:
             at evaluation steps (step 0 is the evaluation before training).
         seconds: wall-clock time of the loop.
         skipped_steps: steps whose loss was not finite and were therefore not applied.
+        threads: the torch CPU threads the loop ran with (``DistillConfig.threads`` or the policy of
+            :mod:`odistill.train.runtime`); None when it ran on a GPU.
     """
 
     student: torch.nn.Module
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     skipped_steps: int = 0
+    threads: int | None = None
 
     def evals(self) -> list[dict]:
         """The history rows that carry evaluation results."""
@@ -127,7 +130,22 @@ def distill(
     """
     config = (config or DistillConfig()).validate()
     state = setup(student, teacher, tokenizer, dataset, config, resume_from)
-    loggers = make_loggers(config, callback, state.accelerator.is_main_process)
+    if state.device.type != "cpu":
+        return _run(state, eval_fn, callback, threads=None)
+    size = sum(p.numel() for p in state.student.parameters()) + _teacher_parameters(state.teacher)
+    with cpu_threads(config.threads, parameters=size) as threads:
+        return _run(state, eval_fn, callback, threads=threads)
+
+
+def _teacher_parameters(teacher) -> int:
+    model = getattr(teacher, "model", None)
+    return sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
+
+
+def _run(state: TrainState, eval_fn, callback, *, threads: int | None) -> DistillResult:
+    """The loop of :func:`distill` after :func:`setup`, with its loggers; ``threads`` is reported."""
+    config = state.config
+    loggers = make_loggers(config, callback, state.accelerator.is_main_process, threads=threads)
     for logger in loggers:
         logger.start(config, state.first_step)
     try:
@@ -149,7 +167,11 @@ def distill(
     state.accelerator.wait_for_everyone()
     state.student.eval()
     return DistillResult(
-        student=state.student, history=state.history, seconds=seconds, skipped_steps=state.skipped_steps
+        student=state.student,
+        history=state.history,
+        seconds=seconds,
+        skipped_steps=state.skipped_steps,
+        threads=threads,
     )
 
 

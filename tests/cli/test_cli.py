@@ -79,3 +79,28 @@ def test_console_script_works_in_a_fresh_process():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["accuracy"] >= 0.95
+
+
+def test_quiet_silences_transformers_and_datasets_bars_during_the_command_only(monkeypatch):
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    import odistill.cli.distill as distill_command
+
+    seen = {}
+
+    def fake_run(*args, **kwargs):
+        seen["transformers"] = hf_logging.is_progress_bar_enabled()
+        seen["datasets"] = datasets.is_progress_bar_enabled()
+        seen["info"] = hf_logging.get_verbosity() <= hf_logging.INFO
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(distill_command, "run_distillation", fake_run)
+    hf_logging.enable_progress_bar()
+    datasets.enable_progress_bars()
+    assert main(["distill", "--task", "addition", "--quiet"]) == 2
+    assert seen == {"transformers": False, "datasets": False, "info": False}
+    assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()  # restored
+    seen.clear()
+    assert main(["distill", "--task", "addition"]) == 2
+    assert seen["transformers"] and seen["datasets"]  # without --quiet nothing is changed

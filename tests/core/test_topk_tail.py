@@ -220,3 +220,17 @@ def test_generalized_jsd_reference_matches_odistill_on_full_distributions():
     ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
     assert torch.allclose(REFERENCES["jsd"](ps, pt), generalized_jsd(s, t, beta=0.5, reduction="none"))
     assert torch.allclose(REFERENCES["total_variation"](ps, pt), total_variation(s, t, reduction="none"))
+
+
+def test_logsumexp_rows_leaves_the_excluded_entries_out_chunk_by_chunk(monkeypatch):
+    import odistill.core.tensor_ops as tensor_ops
+
+    monkeypatch.setattr(tensor_ops, "_LSE_CHUNK_ELEMENTS", 3 * V)  # 3 rows per chunk: several chunks
+    logits = _logits(18, shape=(4, 5, V)).float()
+    ids = logits.topk(3, -1).indices
+    reference = logits.double().scatter(-1, ids, float("-inf")).logsumexp(-1)
+    got = tensor_ops.logsumexp_rows(logits, exclude=ids)
+    assert torch.allclose(got.double(), reference, atol=1e-5)
+    everything = tensor_ops.logsumexp_rows(logits, exclude=logits.topk(V, -1).indices)
+    assert torch.isneginf(everything).all()
+    assert torch.equal(logits, _logits(18, shape=(4, 5, V)).float())  # the input is not modified

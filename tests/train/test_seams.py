@@ -187,11 +187,40 @@ def test_cpu_threads_policy_restores_the_thread_count(monkeypatch):
         assert n == torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    with cpu_threads() as n:
-        assert n == min(2, before)
+    with cpu_threads(parameters=5_000_000) as n:  # a lab-bench-sized model: one thread
+        assert n == 1
+    with cpu_threads(parameters=500_000_000) as n:  # a big one: torch's own count, untouched
+        assert n == before
+    with cpu_threads(3, parameters=5_000_000) as n:  # an explicit count wins
+        assert n == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with cpu_threads(parameters=5_000_000) as n:  # OMP_NUM_THREADS is the user's choice: respected
+        assert n == before
+    assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads must be an integer >= 1"):
         with cpu_threads(0):
             pass
+
+
+def test_distill_reports_the_thread_policys_choice(char_tokenizer, monkeypatch, capsys):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    v = len(char_tokenizer)
+    seen = []
+    cfg = _cfg(steps=1, progress=True)
+    result = distill(
+        make_tiny_llama(v, seed=0),
+        make_tiny_llama(v, seed=1),
+        char_tokenizer,
+        DATA,
+        cfg,
+        callback=lambda row: seen.append(torch.get_num_threads()),
+    )
+    assert result.threads == 1 and seen == [1]  # tiny models: one thread inside the loop
+    assert "1 CPU thread" in capsys.readouterr().err  # the progress bar says so
+    result = distill(
+        make_tiny_llama(v, seed=0), make_tiny_llama(v, seed=1), char_tokenizer, DATA, _cfg(steps=1, threads=2)
+    )
+    assert result.threads == 2
 
 
 def test_evaluation_measures_with_the_training_sampler():
