@@ -34,7 +34,16 @@ from .tensor_ops import (
     scatter_rows,
 )
 
-__all__ = ["distillation_loss", "sampled_token_loss", "TOPK_VARIANTS", "topk_tail_distributions"]
+__all__ = [
+    "distillation_loss",
+    "sampled_token_loss",
+    "BASELINES",
+    "TOPK_VARIANTS",
+    "topk_tail_distributions",
+]
+
+#: The baselines of the sampled estimator (see :func:`sampled_token_loss`); each leaves the row out.
+BASELINES = ("none", "group_mean", "batch_mean")
 
 #: How the full estimator uses top-k teacher scores (see :func:`distillation_loss`).
 TOPK_VARIANTS = ("tail_bucket", "conditional")
@@ -124,6 +133,41 @@ def distillation_loss(
     )
 
 
+def _leave_one_out_baseline(values, mask, kind: str, groups) -> torch.Tensor:
+    """Each counted token's baseline: the token-mean of ``values`` over the *other* rows of its group
+    (``"group_mean"``) or of the batch (``"batch_mean"``). ``(N,)`` in, ``(N,)`` out."""
+    batch = mask.shape[0]
+    rows = mask.nonzero()[:, 0]  # the row of each counted token, in the order of x[mask]
+    row_sum = torch.zeros(batch, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+    row_n = mask.sum(-1).to(values.dtype)
+    if kind == "group_mean":
+        if groups is None:
+            raise ValueError(
+                "baseline='group_mean' needs groups: the prompt of each row (Rollouts.prompt_index)"
+            )
+        groups = torch.as_tensor(groups, device=values.device)
+        if groups.shape != (batch,):
+            raise ValueError(
+                f"groups must have shape ({batch},), one prompt id per row, got {tuple(groups.shape)}"
+            )
+        _, group = torch.unique(groups, return_inverse=True)
+    else:
+        group = torch.zeros(batch, dtype=torch.long, device=values.device)
+    n_groups = int(group.max()) + 1 if batch else 0
+    group_sum = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add_(0, group, row_sum)
+    group_n = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add_(0, group, row_n)
+    others_n = group_n[group] - row_n
+    lonely = (others_n == 0) & (row_n > 0)
+    if bool(lonely.any()):
+        where = "prompt" if kind == "group_mean" else "batch"
+        raise ValueError(
+            f"baseline={kind!r}: a row has no other row with counted tokens in its {where} to take the "
+            "baseline from (use num_generations >= 2 for 'group_mean', or a batch of >= 2 rows)"
+        )
+    baseline = (group_sum[group] - row_sum) / others_n.clamp_min(1)  # (B,) the others' token-mean
+    return baseline[rows]
+
+
 def _discounted_to_go(values: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """``Σ_{s ≥ t} γ^{s−t} v_s`` over each row's counted positions (``(N,)`` in, ``(N,)`` out)."""
     per_position = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
@@ -210,6 +254,9 @@ def sampled_token_loss(
     max_ratio: float | None = None,
     kl_coef: float = 1.0,
     kl_discount: float = 0.0,
+    baseline: str = "none",
+    groups: torch.Tensor | None = None,
+    advantage_clip: float | None = None,
 ) -> torch.Tensor:
     """Importance-sampling policy-gradient loss with per-token reverse KL as the negative advantage.
 
@@ -233,6 +280,16 @@ def sampled_token_loss(
         kl_discount: γ in [0, 1]: each token's advantage is the discounted sum of the per-token reverse KL
             from it to the end of its completion (Tinker's ``kl_discount_factor``), so a token is also
             judged by what follows it. 0 judges each token on its own (Thinking Machines' recipe).
+        baseline: subtract a baseline from every advantage, to reduce the variance of the gradient while
+            keeping it **unbiased** (one of :data:`BASELINES`): ``"none"``; ``"group_mean"``, the token-mean
+            advantage of the *other* completions of the same prompt (``groups``; needs ≥ 2 per prompt,
+            e.g. ``num_generations``); ``"batch_mean"``, the token-mean advantage of every *other* row of
+            the batch. Leaving the row itself out is what keeps it unbiased: the baseline of a token then
+            does not depend on that token (nor on anything its row sampled), and
+            ``E[∇log p_θ(x_t)] · b = 0``.
+        groups: ``(B,)`` the prompt each row came from (:attr:`Rollouts.prompt_index`), for ``"group_mean"``.
+        advantage_clip: clip every advantage (after the baseline) to ``[−c, c]``: a **biased** stabiliser
+            against a few huge per-token log-ratios.
 
     Returns:
         The loss. Its value is ``−E[ratio·A]`` (≈ the reverse KL estimate when on-policy); its
@@ -258,6 +315,8 @@ def sampled_token_loss(
     if max_ratio is not None:
         check_temperature(max_ratio, "max_ratio")  # a finite positive number
     kl_coef = check_temperature(kl_coef, "kl_coef")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {list(BASELINES)}, got {baseline!r}")
     if isinstance(kl_discount, bool) or not (isinstance(kl_discount, int | float) and 0 <= kl_discount <= 1):
         raise ValueError(f"kl_discount must be a number in [0, 1], got {kl_discount!r}")
     dtype = torch.float64 if student_logprobs.dtype == torch.float64 else torch.float32
@@ -267,6 +326,11 @@ def sampled_token_loss(
     advantage = -kl_coef * (logp.detach() - logp_teacher)  # (N,) negative per-token reverse KL
     if kl_discount > 0:
         advantage = _discounted_to_go(advantage, mask, float(kl_discount))
+    if baseline != "none":
+        advantage = advantage - _leave_one_out_baseline(advantage, mask, baseline, groups)
+    if advantage_clip is not None:
+        clip = check_temperature(advantage_clip, "advantage_clip")
+        advantage = advantage.clamp(-clip, clip)
     ratio = torch.exp(logp - logq)  # (N,) p_θ / q, = 1 on-policy (with gradient ∇log p_θ)
     if max_ratio is not None:
         ratio = ratio.clamp(max=float(max_ratio))

@@ -28,7 +28,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..core.divergences import DIVERGENCES
-from ..core.loss import TOPK_VARIANTS
+from ..core.loss import BASELINES, TOPK_VARIANTS
 from ..core.sampler import BACKENDS
 from .loggers import LOGGERS
 from .schedules import LMBDA_SCHEDULES, SCHEDULES, lmbda_at
@@ -162,6 +162,17 @@ class DistillConfig:
         "'sampled' estimator: scale of the advantage −(log p_S − log p_T) (Tinker's kl_penalty_coef)",
         "loss",
     )
+    sampled_baseline: str = _option(
+        "none",
+        "'sampled' estimator: subtract the token-mean advantage of the other completions of the same prompt "
+        "('group_mean', needs num_generations >= 2) or of the other rows of the batch ('batch_mean'); "
+        "unbiased, lower variance",
+        "loss",
+        choices=lambda: BASELINES,
+    )
+    advantage_clip: float | None = _option(
+        None, "'sampled' estimator: clip each advantage to [-c, c] (biased; None: no clipping)", "loss"
+    )
     kl_discount: float = _option(
         0.0,
         "'sampled' estimator: γ in [0, 1]; the advantage of a token is the γ-discounted sum of the per-token "
@@ -294,6 +305,15 @@ class DistillConfig:
             or (_is_number(self.max_ratio) and self.max_ratio > 0 and math.isfinite(self.max_ratio)),
             f"max_ratio must be a finite number > 0 or None, got {self.max_ratio!r}",
         )
+        _need(
+            self.advantage_clip is None
+            or (
+                _is_number(self.advantage_clip)
+                and self.advantage_clip > 0
+                and math.isfinite(self.advantage_clip)
+            ),
+            f"advantage_clip must be a finite number > 0 or None, got {self.advantage_clip!r}",
+        )
         for name in ("max_new_tokens", "batch_size", "grad_accum", "steps", "log_every", "num_generations"):
             _need(
                 _is_int(getattr(self, name), 1),
@@ -350,12 +370,23 @@ class DistillConfig:
         )
 
     def _validate_combinations(self) -> None:
-        sampled_only = {"max_ratio": None, "kl_coef": 1.0, "kl_discount": 0.0}
+        sampled_only = {
+            "max_ratio": None,
+            "kl_coef": 1.0,
+            "kl_discount": 0.0,
+            "sampled_baseline": "none",
+            "advantage_clip": None,
+        }
         changed = [name for name, default in sampled_only.items() if getattr(self, name) != default]
         _need(
             not changed or self.estimator == "sampled",
             f"{', '.join(changed)} shape the 'sampled' estimator's advantage and ratio; with "
             "estimator='full' they would do nothing: set estimator='sampled' or leave them at their defaults",
+        )
+        _need(
+            self.sampled_baseline != "group_mean" or self.num_generations >= 2,
+            "sampled_baseline='group_mean' takes each completion's baseline from the other completions of "
+            f"its prompt: set num_generations >= 2 (got {self.num_generations}), or use 'batch_mean'",
         )
         _need(
             not (self.teacher_top_k and self.estimator == "sampled"),

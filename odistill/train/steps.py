@@ -182,6 +182,9 @@ def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):
             max_ratio=config.max_ratio,
             kl_coef=config.kl_coef,
             kl_discount=config.kl_discount,
+            baseline=config.sampled_baseline,
+            groups=rollouts.prompt_index,
+            advantage_clip=config.advantage_clip,
         )
         return loss, student_lp, scores.token_logprobs
     with torch.no_grad():  # only the metric needs it: no graph
