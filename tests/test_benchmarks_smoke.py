@@ -24,6 +24,7 @@ SCRIPTS = {
     ],  # one script also runs its jobs in fresh processes, as the real run does
     "bench_steps_to_target.py": [],
     "bench_fused.py": [],
+    "bench_estimators.py": [],
     "profile_step.py": [],
 }
 

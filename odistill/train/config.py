@@ -533,11 +533,40 @@ def _default(f):
     return f.default if f.default is not MISSING else f.default_factory()
 
 
-#: Named configurations: "tiny-cpu" trains a lab-bench student in a minute or two on 2 CPU cores;
-#: "gpu" is a starting point for real Hugging Face models on one GPU.
+#: Named configurations: "tiny-cpu" trains a lab-bench student in a minute or two on 2 CPU cores with the
+#: full estimator; "tiny-cpu-sampled" is the sampled estimator's lab-bench setting (4× the completions per
+#: step, a leave-one-out batch-mean baseline, no gradient clipping: the measured setting that learns, see
+#: notebook 05); "cookbook" is the Tinker cookbook's on-policy distillation settings at lab-bench scale
+#: (4 completions per prompt, Adam (0.9, 0.95), no clipping, kl_coef 1, discount 0, no baseline); "gpu" is
+#: a starting point for real Hugging Face models on one GPU.
 PRESETS: dict[str, DistillConfig] = {
     "tiny-cpu": DistillConfig(
         batch_size=64, lr=1e-3, steps=150, max_new_tokens=16, eval_every=25, device="cpu"
+    ),
+    "tiny-cpu-sampled": DistillConfig(
+        estimator="sampled",
+        batch_size=256,
+        sampled_baseline="batch_mean",
+        max_grad_norm=None,
+        lr=1e-3,
+        steps=150,
+        max_new_tokens=16,
+        eval_every=25,
+        device="cpu",
+    ),
+    "cookbook": DistillConfig(
+        estimator="sampled",
+        num_generations=4,
+        batch_size=64,
+        adam_betas=(0.9, 0.95),
+        max_grad_norm=None,
+        kl_coef=1.0,
+        kl_discount=0.0,
+        lr=1e-3,
+        steps=150,
+        max_new_tokens=16,
+        eval_every=25,
+        device="cpu",
     ),
     "gpu": DistillConfig(
         batch_size=16,

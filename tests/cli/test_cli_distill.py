@@ -97,3 +97,27 @@ def test_demo_writes_a_table_a_plot_and_results(capsys, tmp_path):
     assert [r["config"]["lmbda"] for r in results["runs"]] == [0.0, 1.0]
     png = (tmp_path / "accuracy_vs_step.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_the_sampled_estimator_starts_from_its_own_preset_and_preset_picks_one(capsys, monkeypatch):
+    import odistill.cli.distill as distill_command
+
+    seen = []
+
+    def fake_run(task, *, config, **kwargs):
+        seen.append(config)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(distill_command, "run_distillation", fake_run)
+    assert main(["distill", "--estimator", "sampled"]) == 2
+    assert main(["distill"]) == 2
+    assert main(["distill", "--preset", "cookbook", "--lr", "5e-4"]) == 2
+    sampled, full, cookbook = seen
+    assert (sampled.estimator, sampled.batch_size, sampled.sampled_baseline, sampled.max_grad_norm) == (
+        "sampled",
+        256,
+        "batch_mean",
+        None,
+    )
+    assert full.estimator == "full" and full.batch_size == 64
+    assert cookbook.num_generations == 4 and cookbook.adam_betas == (0.9, 0.95) and cookbook.lr == 5e-4
