@@ -292,8 +292,9 @@ def sampled_token_loss(
             against a few huge per-token log-ratios.
 
     Returns:
-        The loss. Its value is ``−E[ratio·A]`` (≈ the reverse KL estimate when on-policy); its
-        gradient is the policy gradient of the reverse KL.
+        The loss. Its value is ``−E[ratio·A]`` (≈ the reverse KL estimate when on-policy, without a
+        baseline; with one it is centred near 0, and the reverse KL is ``mean(log p_S − log p_T)``, what
+        ``distill()`` logs as ``reverse_kl``); its gradient is the policy gradient of the reverse KL.
 
     Example:
         >>> lp = torch.tensor([[-0.5, -1.0]], requires_grad=True)
