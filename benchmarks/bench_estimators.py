@@ -70,6 +70,8 @@ def worker(job: dict) -> dict:
         overrides["lr"] = job["lr"]
     if job["batch"] is not None:
         overrides["batch_size"] = job["batch"]
+    if job["estimator"] == "sampled":
+        overrides.update(job.get("sampled_overrides") or {})
     config = DistillConfig.preset(PRESET[job["estimator"]], **overrides)
     start = time.perf_counter()
     result = distill(
@@ -111,6 +113,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--tasks", default=None, help="comma-separated lab-bench tasks")
     parser.add_argument("--lrs", default="5e-4,2e-3", help="more learning rates for the sampled estimator")
     parser.add_argument("--batch", type=int, default=None, help="override both presets' batch size")
+    parser.add_argument(
+        "--sampled",
+        metavar="JSON",
+        default=None,
+        help='DistillConfig overrides for the sampled runs, e.g. \'{"num_generations": 4}\'',
+    )
     args = parser.parse_args(argv)
     if args.worker:
         emit(worker(json.loads(args.worker)))
@@ -120,6 +128,9 @@ def main(argv=None) -> dict:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     lrs = [float(x) for x in args.lrs.split(",") if x] if not args.quick else []
+    sampled_overrides = json.loads(args.sampled) if args.sampled else {}
+    if not isinstance(sampled_overrides, dict):
+        parser.error(f"--sampled must be a JSON object of DistillConfig fields, got {args.sampled!r}")
     info = machine()
     print(f"bench_estimators: {settings}, extra lrs {lrs}, load {info['load_avg_1_5_15']}", flush=True)
     run = job_runner(args, __file__, worker)
@@ -135,6 +146,7 @@ def main(argv=None) -> dict:
                     estimator=estimator,
                     lr=lr,
                     batch=args.batch,
+                    sampled_overrides=sampled_overrides,
                     seed=seed,
                     steps=settings["steps"],
                     eval_every=settings["eval_every"],
@@ -210,6 +222,7 @@ def main(argv=None) -> dict:
         "benchmark": "estimators",
         "settings": settings,
         "lrs": lrs,
+        "sampled_overrides": sampled_overrides,
         "machine": info,
         "results": results,
     }
