@@ -3,7 +3,8 @@
 On-policy distillation starts here: the student writes completions for the prompts, and the
 probability q(x_t) with which each token was drawn is kept for the importance-sampling loss.
 
-The default backend is Hugging Face ``generate`` (KV cache on, left padding, any causal LM). A second
+The default backend (``"hf"``, :class:`DecodeLoopBackend`) calls a Hugging Face causal LM directly, one
+token at a time with its KV cache; ``"hf-generate"`` runs the same draw inside ``model.generate``. A second
 backend (e.g. vLLM on a GPU) only has to implement :class:`SamplerBackend` — turn prompt token ids
 into completion token ids plus their sampling log-probs — and be registered in :data:`BACKENDS`; the
 rest of odistill sees the same :class:`~odistill.core.rollouts.Rollouts` either way.
@@ -31,6 +32,8 @@ __all__ = [
     "sample",
     "SamplerBackend",
     "HFGenerateBackend",
+    "DecodeLoopBackend",
+    "TokenDraw",
     "BACKENDS",
     "InverseCDFSampler",
     "inverse_cdf_draw",
@@ -62,20 +65,29 @@ class SamplerBackend(Protocol):
 
 
 _BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF draw
+_ONE_LEVEL_MAX = 65_536  # up to this vocabulary one cumulative sum over the row is the faster draw
 
 
 def inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
     """One token per row of ``probs`` (B, V) (non-negative, any positive total), by inverse-CDF sampling.
 
-    Two levels, so that nothing sequential runs over the whole vocabulary: the float64 masses of blocks
-    of :data:`_BLOCK` entries (a vectorised sum), their cumulative sum (V / 256 entries), a binary search
-    for the block, then the cumulative sum and a binary search inside that one block. With ``u`` uniform
-    in [0, total): the block is the first whose cumulative mass exceeds ``u``, and inside it the first
-    entry whose cumulative mass exceeds ``r = u − (mass of the blocks before)``, with ``r`` kept strictly
-    below the block's own total. Both searches use ``right=True``, so they only stop where the CDF rises:
-    an entry (or block) of probability 0 is never drawn. Returns ``(B, 1)`` int64.
+    With ``u`` uniform in [0, total) (one float64 uniform per row), the token is the first entry whose
+    cumulative mass exceeds ``u``. The search uses ``right=True``, so it only stops where the CDF rises:
+    an entry of probability 0 is never drawn. Up to :data:`_ONE_LEVEL_MAX` entries the float64 cumulative
+    sum runs over the whole row; above it, over two levels (so nothing sequential runs over the whole
+    vocabulary): the masses of blocks of :data:`_BLOCK` entries (a vectorised sum), their cumulative sum,
+    a binary search for the block, then the cumulative sum and a binary search inside that one block,
+    with the remainder ``r = u − (mass of the blocks before)`` kept strictly below the block's own total.
+    Either way one uniform per row is drawn, so the two draws agree up to float64 rounding at the
+    boundaries. Returns ``(B, 1)`` int64.
     """
     rows, vocab = probs.shape
+    if vocab <= _ONE_LEVEL_MAX:
+        cdf = probs.cumsum(-1, dtype=torch.float64)  # (B, V)
+        total = cdf[:, -1:]
+        u = torch.rand(rows, 1, dtype=torch.float64, device=probs.device) * total
+        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
+        return torch.searchsorted(cdf, u, right=True).clamp_max_(vocab - 1)
     n_blocks = -(-vocab // _BLOCK)
     pad = n_blocks * _BLOCK - vocab
     blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).view(rows, n_blocks, _BLOCK)
@@ -201,8 +213,144 @@ class HFGenerateBackend:
         return completion, torch.stack(sampler.logprobs, dim=1)
 
 
-#: Registered sampling backends, by name.
-BACKENDS: dict[str, SamplerBackend] = {"hf": HFGenerateBackend()}
+class TokenDraw:
+    """The next-token draw of the decode loop: temperature, then top-k and top-p (the transformers warpers,
+    so ties and ``min_tokens_to_keep`` follow the library), then :func:`inverse_cdf_draw`; temperature 0 is
+    greedy (argmax, log q = 0). The same operations as :class:`InverseCDFSampler`, so for the same logits
+    and seed both draw the same tokens."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float):
+        from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+        self.greedy = temperature == 0.0
+        self.temperature = temperature
+        self.warpers = [TopKLogitsWarper(top_k)] if top_k > 0 else []
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(token (B,), log q(token) (B,))`` from the last position's logits ``(B, V)``."""
+        if self.greedy:
+            token = logits.argmax(-1)
+            return token, torch.zeros(token.shape, dtype=torch.float32, device=token.device)
+        scores = logits.float() / self.temperature if self.temperature != 1.0 else logits.float()
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores, dim=-1)
+        token = inverse_cdf_draw(probs)  # (B, 1)
+        return token.squeeze(1), probs.gather(1, token).log_().squeeze(1)
+
+
+def _decode_signature(model) -> tuple[str, bool] | None:
+    """How to call ``model`` one token at a time: ``(the name of its KV-cache argument, whether it takes
+    logits_to_keep)``, or None when its forward takes no cache argument and position ids."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    names = [name for name in ("cache", "past_key_values") if name in params]
+    if not names or "position_ids" not in params or "attention_mask" not in params:
+        return None
+    return names[0], "logits_to_keep" in params
+
+
+def _output_cache(out):
+    """The KV cache a forward returned (``cache`` in transformers ≥ 5.2x, ``past_key_values`` before)."""
+    for name in ("cache", "past_key_values"):
+        value = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+class DecodeLoopBackend:
+    """Sampling with the model called directly, one token at a time, with its KV cache: the default.
+
+    The loop of Hugging Face ``generate`` without its general machinery (logits processors, stopping
+    criteria, cache set-up, per-step validation), which at lab-bench sizes costs more than the model
+    calls: one prefill over the left-padded prompts (position ids skip the padding, only the last
+    position's logits), then one call per new token with the appended attention mask. Rows that have
+    finished get the pad token, as in ``generate``; the loop ends when every row has emitted a stop id or
+    after ``max_new_tokens``. The draw (:class:`TokenDraw`) makes the same random draws in the same order
+    as :class:`HFGenerateBackend`, so both return the same completions and log-probs for the same seed
+    (tested). A model whose forward takes no cache argument is sampled with ``generate`` instead.
+    """
+
+    fallback = HFGenerateBackend()
+
+    def generate(
+        self,
+        model,
+        prompt_ids,
+        prompt_attention_mask,
+        *,
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k,
+        pad_id,
+        eos_ids,
+    ):
+        from .forward import position_ids_from_mask
+
+        signature = _decode_signature(model)
+        if signature is None:
+            return self.fallback.generate(
+                model,
+                prompt_ids,
+                prompt_attention_mask,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                pad_id=pad_id,
+                eos_ids=eos_ids,
+            )
+        cache_name, keeps_logits = signature
+        draw = TokenDraw(temperature, top_k, top_p)
+        rows, device = prompt_ids.shape[0], prompt_ids.device
+        attention = prompt_attention_mask
+        positions = position_ids_from_mask(attention)[:, -1:]  # (B, 1): the last prompt position
+        stop_ids = torch.tensor(eos_ids, device=device)
+        one = torch.ones(rows, 1, dtype=attention.dtype, device=device)
+        extra = {"logits_to_keep": 1} if keeps_logits else {}
+        out = model(
+            input_ids=prompt_ids,
+            attention_mask=attention,
+            position_ids=position_ids_from_mask(attention),
+            use_cache=True,
+            **extra,
+        )
+        sequence = prompt_ids
+        tokens, logprobs = [], []
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        for t in range(max_new_tokens):
+            token, logprob = draw(sequence, out.logits[:, -1])
+            token = token.masked_fill(finished, pad_id)
+            tokens.append(token)
+            logprobs.append(logprob)
+            finished = finished | torch.isin(token, stop_ids)
+            if t == max_new_tokens - 1 or bool(finished.all()):
+                break
+            if draw.warpers:  # only the warpers read the sequence so far (the transformers signature)
+                sequence = torch.cat([sequence, token[:, None]], dim=1)
+            attention = torch.cat([attention, one], dim=1)
+            positions = positions + 1
+            out = model(
+                input_ids=token[:, None],
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_name: _output_cache(out)},
+            )
+        return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+
+
+#: Registered sampling backends, by name: ``"hf"`` (the default) calls a Hugging Face model directly in
+#: odistill's decode loop; ``"hf-generate"`` samples with ``model.generate``. Both draw the same tokens.
+BACKENDS: dict[str, SamplerBackend] = {"hf": DecodeLoopBackend(), "hf-generate": HFGenerateBackend()}
 
 
 def sample(

@@ -122,6 +122,15 @@ def _sparse_probs(vocab: int, positions: list[int], seed: int) -> torch.Tensor:
     return probs
 
 
+@pytest.fixture(params=["one-level", "two-level"])
+def draw_path(request, monkeypatch):
+    """Run a test through both draws of ``inverse_cdf_draw`` (one cumulative sum over the row, or blocks)."""
+    from odistill.core import sampler
+
+    monkeypatch.setattr(sampler, "_ONE_LEVEL_MAX", 10**9 if request.param == "one-level" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize(
     "vocab, positions, scale",
     [
@@ -133,7 +142,7 @@ def _sparse_probs(vocab: int, positions: list[int], seed: int) -> torch.Tensor:
         (5000, [1, 2, 4990, 4999], 0.2),
     ],
 )
-def test_two_level_draw_frequencies_across_block_boundaries(vocab, positions, scale):
+def test_inverse_cdf_draw_frequencies_across_block_boundaries(vocab, positions, scale, draw_path):
     from odistill.core.sampler import inverse_cdf_draw
 
     probs = _sparse_probs(vocab, positions, seed=vocab) * scale
@@ -149,7 +158,7 @@ def test_two_level_draw_frequencies_across_block_boundaries(vocab, positions, sc
     assert stat < _bound(df), (stat, df)
 
 
-def test_two_level_draw_handles_a_point_mass_and_tiny_probabilities():
+def test_inverse_cdf_draw_handles_a_point_mass_and_tiny_probabilities(draw_path):
     from odistill.core.sampler import inverse_cdf_draw
 
     vocab = 1000
@@ -162,3 +171,18 @@ def test_two_level_draw_handles_a_point_mass_and_tiny_probabilities():
     for _ in range(200):
         token = inverse_cdf_draw(probs).squeeze(1)
         assert token[0] == 999 and token[1] == 256 and 0 <= token[2] < vocab and token[3] in (0, 500)
+
+
+def test_the_two_draws_pick_the_same_token_from_the_same_uniform(monkeypatch):
+    """One float64 uniform per row either way, so the one-level and the two-level draw agree row by row
+    (they could differ only where the uniform falls within rounding of a boundary)."""
+    from odistill.core import sampler
+
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(3 * torch.randn(2000, 1000, generator=g), dim=-1)
+    draws = {}
+    for name, limit in (("one", 10**9), ("two", 0)):
+        monkeypatch.setattr(sampler, "_ONE_LEVEL_MAX", limit)
+        torch.manual_seed(5)
+        draws[name] = sampler.inverse_cdf_draw(probs)
+    assert torch.equal(draws["one"], draws["two"])
