@@ -11,6 +11,8 @@ Cases:
 
 * ``tiny``: the lab bench's shipped ``addition`` student (2 × 64) and teacher (4 × 256), vocabulary 16,
   batch 32, ``max_new_tokens`` 8 (the answers stop at EOS after 5 tokens).
+* ``permutations``: the lab bench's shipped ``permutations`` student (2 × 64) and teacher (2 × 128),
+  batch 48, ``max_new_tokens`` 7 (answer + EOS).
 * ``vocab32k``: small random-init Qwen2 models (student 2 × 64, teacher 2 × 128) with a 32 000-token
   vocabulary, batch 16, 48 new tokens (random models rarely emit EOS, so every completion is full
   length): here the logits and the loss dominate.
@@ -45,6 +47,13 @@ from _common import (
 
 CASES = {
     "tiny": {"models": "shipped:addition", "batch": 32, "max_new_tokens": 8, "steps": 20, "warmup": 3},
+    "permutations": {
+        "models": "shipped:permutations",
+        "batch": 48,
+        "max_new_tokens": 7,
+        "steps": 20,
+        "warmup": 3,
+    },
     "vocab32k": {
         "models": "random:qwen2",
         "vocab": 32000,
@@ -90,8 +99,8 @@ def build_case(case: dict):
     from odistill.bench.models import build_model, load_model
     from odistill.bench.tasks import get_task
 
-    dataset = get_task("addition").make_dataset(4096, seed=0)
     kind, name = case["models"].split(":")
+    dataset = get_task(name if kind == "shipped" else "addition").make_dataset(4096, seed=0)
     if kind == "shipped":
         try:
             student, tok = load_model(f"{name}-student")
@@ -212,7 +221,9 @@ def worker(job: dict) -> dict:
 
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="tiny,vocab32k", help="comma-separated: " + ", ".join(CASES))
+    parser.add_argument(
+        "--cases", default="tiny,permutations,vocab32k", help="comma-separated: " + ", ".join(CASES)
+    )
     parser.add_argument("--pairs", type=int, default=None, help="process pairs per case (default 2; quick 1)")
     args = parser.parse_args(argv)
     if args.worker:
