@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
         "--sampled",
         metavar="JSON",
         default=None,
-        help='DistillConfig overrides for the sampled runs, e.g. \'{"num_generations": 4}\'',
+        help="DistillConfig overrides for the sampled runs, e.g. '{\"num_generations\": 4}'",
     )
     args = parser.parse_args(argv)
     if args.worker:

@@ -14,8 +14,9 @@ Next to each phase, its **floor**: the same model calls done bare, with nothing 
 ``sample`` the prefill and one cached call per new token of the tokens it drew (no draw, no masks); for
 ``score`` and ``student forward`` the model's forward on the same inputs (``logits_to_keep``); for
 ``backward`` the backward of the same forward's logits times a fixed random tensor; for ``optimizer``
-``clip_grad_norm_`` and ``optimizer.step()`` alone. ``phase / floor`` says how much odistill adds around the model. The whole
-``distill()`` step (its own timer) is reported too, for what the loop adds around the phases.
+``clip_grad_norm_`` and ``optimizer.step()`` alone. ``phase / floor`` says how much odistill adds
+around the model. The whole ``distill()`` step (its own timer, a separate run of the same case) is
+reported too, for what the loop adds around the phases.
 
 It uses only the public API, so the same script can time an older checkout
 (``PYTHONPATH=<old checkout> python benchmarks/profile_step.py``) and show what changed.
@@ -170,27 +171,11 @@ def _floors(student, teacher, rollouts, optimizer) -> dict:
 
 def _distill_step(case_name: str, steps: int) -> float:
     """Median seconds of one step of ``distill()`` (its own timer) on the same case, after 3 warm-up steps."""
-    from bench_step import CASES, build_case
+    from bench_step import CASES, _run_odistill, build_case
 
-    from odistill import DistillConfig, distill
-
-    case = CASES[case_name]
+    case = {**CASES[case_name], "steps": steps, "warmup": 3}
     student, teacher, tok, dataset, _ = build_case(case)
-    config = DistillConfig(
-        lmbda=1.0,
-        beta=1.0,
-        batch_size=case["batch"],
-        max_new_tokens=case["max_new_tokens"],
-        steps=steps + 3,
-        lr=1e-4,
-        max_grad_norm=1.0,
-        device="cpu",
-        progress=False,
-        seed=0,
-        temperature=1.0,
-    )
-    result = distill(student, teacher, tok, dataset, config)
-    return statistics.median([row["seconds"] for row in result.history if "seconds" in row][3:])
+    return statistics.median(_run_odistill(student, teacher, tok, dataset, case)[3:])
 
 
 def main(argv=None) -> dict:
