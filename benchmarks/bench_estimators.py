@@ -106,6 +106,71 @@ def _gain(res: dict, step: int | None = None) -> float | None:
     return curve[at] - curve[0]
 
 
+def summarise(results: dict, steps: int) -> tuple[str, dict]:
+    """The table and, per task, the ratios of a run's ``results`` (task → run name → per-seed results)."""
+    rows, summary = [], {}
+    for task, runs in results.items():
+        full, sampled = runs["full"], runs["sampled"]
+        full_gain = [_gain(r) for r in full]
+        sampled_gain = [_gain(r) for r in sampled]
+        # equal teacher output: the full run's gain at the step where it had received as many numbers
+        same_output = []
+        for f, s in zip(full, sampled, strict=True):
+            if "error" in f or "error" in s:
+                same_output.append(None)
+                continue
+            step = steps * s["teacher_numbers_per_step"] / f["teacher_numbers_per_step"]
+            same_output.append(_gain(f, int(step)))
+        lowest = {
+            name: min((_gain(r) for r in rs if _gain(r) is not None), default=None)
+            for name, rs in runs.items()
+            if name != "full"
+        }
+        ok = lambda rs: [r for r in rs if "error" not in r]  # noqa: E731
+        summary[task] = {
+            "full_gain": stats(full_gain),
+            "sampled_gain": stats(sampled_gain),
+            "ratio_equal_steps": paired_ratios(sampled_gain, full_gain),
+            "ratio_equal_teacher_output": paired_ratios(sampled_gain, same_output),
+            "lowest_gain_by_run": lowest,
+        }
+        rows.append(
+            [
+                task,
+                fmt_stats(summary[task]["full_gain"]),
+                fmt_stats(summary[task]["sampled_gain"]),
+                fmt_stats(summary[task]["ratio_equal_steps"]),
+                fmt_stats(summary[task]["ratio_equal_teacher_output"]),
+                ", ".join(
+                    f"{name.split('lr ')[-1] if 'lr' in name else 'preset'}: {v:+.3f}"
+                    for name, v in lowest.items()
+                    if v is not None
+                ),
+                fmt_stats(stats(r["s_per_step"] for r in ok(full)))
+                + " / "
+                + fmt_stats(stats(r["s_per_step"] for r in ok(sampled))),
+                f"{ok(full)[0]['teacher_bytes_per_step'] / 1e3:.0f} kB / "
+                f"{ok(sampled)[0]['teacher_bytes_per_step'] / 1e3:.0f} kB"
+                if ok(full) and ok(sampled)
+                else "–",
+            ]
+        )
+    table = markdown_table(
+        [
+            "task",
+            "full gain",
+            "sampled gain",
+            "ratio, equal steps",
+            "ratio, equal teacher output",
+            "sampled: lowest gain over seeds, by lr",
+            "s/step full / sampled",
+            "teacher output per step full / sampled",
+        ],
+        rows,
+    )
+    return table, summary
+
+
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
     for name in ("steps", "eval_every", "n_eval", "seeds"):
@@ -134,7 +199,7 @@ def main(argv=None) -> dict:
     info = machine()
     print(f"bench_estimators: {settings}, extra lrs {lrs}, load {info['load_avg_1_5_15']}", flush=True)
     run = job_runner(args, __file__, worker)
-    results, rows = {}, []
+    results = {}
     for task in settings["tasks"].split(","):
         runs = {"full": [], "sampled": [], **{f"sampled lr {lr:g}": [] for lr in lrs}}
         for seed in range(settings["seeds"]):
@@ -164,58 +229,8 @@ def main(argv=None) -> dict:
                         f"{res['s_per_step']:.3f} s/step",
                         flush=True,
                     )
-        full, sampled = runs["full"], runs["sampled"]
-        full_gain = [_gain(r) for r in full]
-        sampled_gain = [_gain(r) for r in sampled]
-        # equal teacher output: the full run's gain at the step where it had received as many numbers
-        same_output = []
-        for f, s in zip(full, sampled, strict=True):
-            if "error" in f or "error" in s:
-                same_output.append(None)
-                continue
-            step = settings["steps"] * s["teacher_numbers_per_step"] / f["teacher_numbers_per_step"]
-            same_output.append(_gain(f, int(step)))
-        lowest = {
-            name: min((_gain(r) for r in rs if _gain(r) is not None), default=None)
-            for name, rs in runs.items()
-            if name != "full"
-        }
-        ok = lambda rs: [r for r in rs if "error" not in r]  # noqa: E731
-        rows.append(
-            [
-                task,
-                fmt_stats(stats(full_gain)),
-                fmt_stats(stats(sampled_gain)),
-                fmt_stats(paired_ratios(sampled_gain, full_gain)),
-                fmt_stats(paired_ratios(sampled_gain, same_output)),
-                ", ".join(
-                    f"{name.split('lr ')[-1] if 'lr' in name else 'preset'}: {v:+.3f}"
-                    for name, v in lowest.items()
-                    if v is not None
-                ),
-                fmt_stats(stats(r["s_per_step"] for r in ok(full)))
-                + " / "
-                + fmt_stats(stats(r["s_per_step"] for r in ok(sampled))),
-                f"{ok(full)[0]['teacher_bytes_per_step'] / 1e3:.0f} kB / "
-                f"{ok(sampled)[0]['teacher_bytes_per_step'] / 1e3:.0f} kB"
-                if ok(full) and ok(sampled)
-                else "–",
-            ]
-        )
         results[task] = runs
-    table = markdown_table(
-        [
-            "task",
-            "full gain",
-            "sampled gain",
-            "ratio, equal steps",
-            "ratio, equal teacher output",
-            "sampled: lowest gain over seeds, by lr",
-            "s/step full / sampled",
-            "teacher output per step full / sampled",
-        ],
-        rows,
-    )
+    table, summary = summarise(results, settings["steps"])
     print()
     print(table)
     payload = {
@@ -225,6 +240,8 @@ def main(argv=None) -> dict:
         "sampled_overrides": sampled_overrides,
         "machine": info,
         "results": results,
+        "summary": summary,
+        "table_md": table,
     }
     write_json(args.json, payload)
     return payload
