@@ -183,7 +183,13 @@ def plot(data: dict, path: Path) -> bool:
             ("time_ratio", "JSD forward + backward time\nodistill / TRL (target ≤ 1)", 1.0),
         ]
     if step and step.get("peer"):
-        panels.append(("speedup", "on-policy step speed-up\nTRL time / odistill time (target ≥ 1.5 lab bench, ≥ 2 at 32k)", 2.0))
+        panels.append(
+            (
+                "speedup",
+                "on-policy step speed-up\nTRL time / odistill time (target ≥ 1.5 lab bench, ≥ 2 at 32k)",
+                2.0,
+            )
+        )
     if not panels:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_llama
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from odistill.core.sampler import BACKENDS, DecodeLoopBackend, _decode_signature, sample
-
-from conftest import make_tiny_llama
 
 PROMPTS = ["1+2=", "12+34=", "7=", "123+456+7="]  # different lengths: left padding
 
