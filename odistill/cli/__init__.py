@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import sys
 
-from . import demo, distill, train_teacher
+from . import demo, distill, sweep, train_teacher
 from . import eval as eval_command
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -25,6 +25,7 @@ the package ("addition-teacher", "addition-student", …).
 
   odistill demo                                    off-policy vs on-policy distillation, side by side
   odistill distill --task addition --lmbda 1 --beta 1 --json
+  odistill sweep --task sorting --grid beta=0,1 --grid lmbda=0,1 --seeds 3 --target 0.9
   odistill eval --task addition                    how good is the shipped teacher?
   odistill eval --task addition --model addition-student --json
   odistill train-teacher --task addition --out runs/my-teacher
@@ -32,7 +33,7 @@ the package ("addition-teacher", "addition-student", …).
 """
 
 #: The subcommands, in the order ``odistill --help`` lists them.
-COMMANDS = (demo, distill, train_teacher, eval_command)
+COMMANDS = (demo, distill, sweep, train_teacher, eval_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from ..bench.tasks import list_tasks
 from ..train.checkpoint import latest_checkpoint
 from ..train.config import PRESETS, DistillConfig, field_choices
 
-__all__ = ["add_parser", "run", "PRESET", "config_options"]
+__all__ = ["add_parser", "run", "PRESET", "config_options", "parse_value"]
 
 #: The preset the command starts from when neither --config nor --resume is given (and no --preset):
 #: the sampled estimator has its own, measured lab-bench setting.
@@ -70,7 +70,7 @@ def run(args) -> int:
     return 0
 
 
-def _parse_value(annotation: str):
+def parse_value(annotation: str):
     """A string-to-value converter for a field's annotation (``"int | None"`` accepts ``none``)."""
     base = next((t for t in ("bool", "int", "float", "str") if t in annotation.split(" | ")), "str")
     convert = {"int": int, "float": float, "str": str, "bool": str}[base]
@@ -94,7 +94,7 @@ def _add_config_option(group, f) -> None:
         return
     group.add_argument(
         flag,
-        type=_parse_value(f.type),
+        type=parse_value(f.type),
         default=None,
         choices=field_choices(f),
         help=help_text,
