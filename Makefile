@@ -8,7 +8,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup lint docs docs-clean notebooks
+.PHONY: demo test setup lint docs docs-clean notebooks experiments
 
 # dev: tests and notebooks; docs: Sphinx + myst-nb, so that `make test` also builds and checks the site.
 setup:
@@ -37,6 +37,10 @@ docs-clean:
 lint: setup
 	$(VENV)/bin/ruff check odistill tests benchmarks docs/_ext docs/conf.py scripts
 	$(VENV)/bin/ruff format --check odistill tests benchmarks docs/_ext docs/conf.py scripts
+
+# The lab-bench sweeps the notebooks load (notebooks/data/*.json): about 25 minutes on 2 CPU cores.
+experiments: setup
+	$(PY) scripts/run_experiments.py --workers 2
 
 # Re-execute every notebook in place (tiny CPU profile) and store its outputs.
 notebooks: setup

@@ -169,13 +169,16 @@ def _run_one(job: dict) -> dict:
             tokenizer,
             task.make_dataset(4000, seed=config.seed),
             replace(config, threads=threads, progress=False),
-            eval_fn=make_eval_fn(task, tokenizer, n=job["eval_n"]),
+            eval_fn=make_eval_fn(
+                task, tokenizer, n=job["eval_n"], samples_per_prompt=job.get("samples_per_prompt")
+            ),
         )
     seconds, curve = 0.0, []
     for row in result.history:
         seconds += row.get("seconds", 0.0)
         if "eval/accuracy" in row:
-            curve.append({"step": row["step"], "seconds": seconds, "accuracy": row["eval/accuracy"]})
+            metrics = {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}
+            curve.append({"step": row["step"], "seconds": seconds, **metrics})
     train_rows = [row for row in result.history if "seconds" in row]
     return {
         "point": job["point"],
@@ -217,23 +220,28 @@ class SweepResult:
                 out.append({**run["point"], "seed": run["seed"], **row})
         return out
 
-    def summary(self, target: float | None = None, level: float = 0.95) -> list[dict]:
-        """Per point: the final accuracy and, with a ``target`` accuracy (default: the sweep's), the steps
-        and seconds to reach it — each as mean with its ``level`` interval over seeds. Runs that never reach
-        the target are counted in ``reached`` (``"2/3"``) and left out of the steps/seconds means."""
+    def summary(
+        self, target: float | None = None, level: float = 0.95, metric: str = "accuracy"
+    ) -> list[dict]:
+        """Per point: the final value of ``metric`` (``final_accuracy`` for the default, ``final`` in any
+        case) and, with a ``target`` (default: the sweep's), the steps and seconds to reach it — each as mean
+        with its ``level`` interval over seeds. Runs that never reach the target are counted in ``reached``
+        (``"2/3"``) and left out of the steps/seconds means."""
         target = self.target if target is None else target
         out = []
         for point in self.points:
             runs = self.runs_of(point)
+            final = mean_ci([r["curve"][-1][metric] if r["curve"] else None for r in runs], level)
             entry = {
                 "point": point_label(point),
                 **point,
                 "seeds": len(runs),
+                "final": final,
                 "final_accuracy": mean_ci([r["final_accuracy"] for r in runs], level),
                 "seconds_per_step": mean_ci([r["seconds_per_step"] for r in runs], level),
             }
             if target is not None:
-                hits = [first_reaching(r["curve"], target) for r in runs]
+                hits = [first_reaching(r["curve"], target, metric) for r in runs]
                 reached = [h for h in hits if h is not None]
                 entry.update(
                     target=target,
@@ -244,7 +252,7 @@ class SweepResult:
             out.append(entry)
         return out
 
-    def curve(self, point: Mapping, x: str = "step", level: float = 0.95) -> dict:
+    def curve(self, point: Mapping, x: str = "step", level: float = 0.95, metric: str = "accuracy") -> dict:
         """The point's mean learning curve with its interval: ``{"x", "mean", "low", "high"}`` lists, one
         entry per evaluation step shared by all its seeds (``x="seconds"``: the seeds' mean seconds there)."""
         if x not in ("step", "seconds"):
@@ -256,27 +264,35 @@ class SweepResult:
         out = {"x": [], "mean": [], "low": [], "high": []}
         for step in steps:
             rows = [next(row for row in r["curve"] if row["step"] == step) for r in runs]
-            stats = mean_ci([row["accuracy"] for row in rows], level)
+            stats = mean_ci([row[metric] for row in rows], level)
             out["x"].append(step if x == "step" else sum(row["seconds"] for row in rows) / len(rows))
             out["mean"].append(stats["mean"])
             out["low"].append(stats["low"] if stats["low"] is not None else stats["mean"])
             out["high"].append(stats["high"] if stats["high"] is not None else stats["mean"])
         return out
 
-    def plot(self, ax=None, x: str = "step", points: list[dict] | None = None, level: float = 0.95):
-        """Mean curves with shaded ``level`` intervals, one per point, against steps or seconds."""
+    def plot(
+        self,
+        ax=None,
+        x: str = "step",
+        points: list[dict] | None = None,
+        level: float = 0.95,
+        metric: str = "accuracy",
+    ):
+        """Mean curves of ``metric`` with shaded ``level`` intervals, one per point, against steps or
+        seconds."""
         import matplotlib.pyplot as plt
 
         ax = ax or plt.subplots(figsize=(6.5, 3.8))[1]
         for point in points or self.points:
-            c = self.curve(point, x=x, level=level)
+            c = self.curve(point, x=x, level=level, metric=metric)
             (line,) = ax.plot(c["x"], c["mean"], marker=".", label=point_label(point))
             ax.fill_between(c["x"], c["low"], c["high"], color=line.get_color(), alpha=0.15, lw=0)
         if self.target is not None:
             ax.axhline(self.target, color="0.5", lw=0.8, ls="--")
         ax.set(
             xlabel="optimizer steps" if x == "step" else "training seconds",
-            ylabel="greedy accuracy (held out)",
+            ylabel="greedy accuracy (held out)" if metric == "accuracy" else f"{metric} (held out)",
             title=f"{self.task}: mean of {len(self.seeds)} seeds, {level:.0%} interval",
         )
         ax.legend(frameon=False, fontsize="small")
@@ -356,6 +372,7 @@ def run_sweep(
     base: DistillConfig | str = "tiny-cpu",
     seeds: int | Iterable[int] = 3,
     eval_n: int = 200,
+    samples_per_prompt: int | None = None,
     target: float | None = None,
     workers: int = 1,
     threads: int | None = 1,
@@ -373,6 +390,8 @@ def run_sweep(
         base: the config the points modify: a :class:`DistillConfig` or a preset name.
         seeds: a number of seeds (0, 1, …) or the seeds themselves; ``config.seed`` of each run.
         eval_n: held-out prompts per evaluation (greedy accuracy, the same prompts for every run).
+        samples_per_prompt: also draw this many temperature-1 samples per prompt at each evaluation and
+            record ``sampled_validity`` and ``distinct_valid`` (see :func:`~odistill.evaluate`).
         target: an accuracy: :meth:`SweepResult.summary` then reports steps and seconds to reach it.
         workers: parallel processes (each run in a fresh process of ``threads`` CPU threads); 1 runs them
             here, one after the other.
@@ -408,6 +427,7 @@ def run_sweep(
             "point": point,
             "config": replace(base, **point, seed=seed).to_dict(),
             "eval_n": eval_n,
+            "samples_per_prompt": samples_per_prompt,
             "threads": threads,
             "student": student,
             "teacher": teacher,
@@ -416,7 +436,13 @@ def run_sweep(
         for seed in seeds
     ]
     runs = _execute(jobs, workers, progress)
-    settings = {"base": base.to_dict(), "eval_n": eval_n, "workers": workers, "threads": threads}
+    settings = {
+        "base": base.to_dict(),
+        "eval_n": eval_n,
+        "samples_per_prompt": samples_per_prompt,
+        "workers": workers,
+        "threads": threads,
+    }
     return SweepResult(task_obj.name, points, seeds, runs, target=target, settings=settings)
 
 
