@@ -5,7 +5,7 @@ of :class:`~odistill.train.config.DistillConfig` overrides) and one seed, and re
 on held-out prompts every ``eval_every`` steps against optimizer steps **and** training seconds (the
 loop's own step timer, evaluation excluded). A sweep runs every (point, seed), in parallel processes of
 one CPU thread each when ``workers > 1``; each run is deterministic in its seed, so the accuracies do not
-depend on the number of workers (the seconds do, with the machine's load).
+depend on the number of workers (the seconds do, with the machine's load)::
 
     from odistill.bench.sweep import run_sweep
 
