@@ -120,28 +120,20 @@ class InverseCDFSampler:
     """
 
     def __init__(self, temperature: float, top_k: int, top_p: float):
-        from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
-
-        self.temperature = temperature
-        self.warpers = [TopKLogitsWarper(top_k)] if top_k > 0 else []
-        if top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p))
+        self.draw = TokenDraw(temperature, top_k, top_p)
         self.tokens: list[torch.Tensor] = []
         self.logprobs: list[torch.Tensor] = []
         self._out: torch.Tensor | None = None
         self._last: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float() / self.temperature if self.temperature != 1.0 else scores.float()  # (B, V)
-        for warper in self.warpers:
-            scores = warper(input_ids, scores)
-        probs = torch.softmax(scores, dim=-1)  # (B, V)
-        token = inverse_cdf_draw(probs)  # (B, 1)
-        self.tokens.append(token.squeeze(1))
-        self.logprobs.append(probs.gather(1, token).log_().squeeze(1))
+        token, logprob = self.draw(input_ids, scores)  # (B,), (B,)
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        token = token[:, None]  # (B, 1)
         # the processed scores: -inf except the drawn token (one buffer, reset where the last token was)
         if self._out is None or self._out.shape != scores.shape or self._out.device != scores.device:
-            self._out = torch.full_like(scores, float("-inf"))
+            self._out = torch.full(scores.shape, float("-inf"), dtype=torch.float32, device=scores.device)
         elif self._last is not None:
             self._out.scatter_(1, self._last, float("-inf"))
         self._last = token
@@ -216,8 +208,8 @@ class HFGenerateBackend:
 class TokenDraw:
     """The next-token draw of the decode loop: temperature, then top-k and top-p (the transformers warpers,
     so ties and ``min_tokens_to_keep`` follow the library), then :func:`inverse_cdf_draw`; temperature 0 is
-    greedy (argmax, log q = 0). The same operations as :class:`InverseCDFSampler`, so for the same logits
-    and seed both draw the same tokens."""
+    greedy (argmax, log q = 0). :class:`InverseCDFSampler` draws with it inside ``generate``, so for the
+    same logits and seed both backends draw the same tokens."""
 
     def __init__(self, temperature: float, top_k: int, top_p: float):
         from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
