@@ -4,12 +4,13 @@ A student LM learns from a teacher LM. Off-policy distillation trains the studen
 not write, usually with forward KL(teacher ‖ student); on-policy distillation lets the student sample,
 the teacher score every sampled token, and the student minimise reverse KL(student ‖ teacher).
 
-The package has five parts (``docs/architecture.md`` draws them)::
+The package has six parts (``docs/architecture.md`` draws them)::
 
     odistill.core       the pipe: sampler, teacher, divergences, losses (any Hugging Face causal LM)
     odistill.train      distill(): config, the loop of named steps, checkpoints, loggers
     odistill.bench      the lab bench: tasks, tokenizer, tiny models and checkpoints, SFT, evaluation
     odistill.classroom  plots, widgets and exercise checkers for the notebooks
+    odistill.serve      the teacher server (``odistill serve-teacher``) for RemoteTeacher clients
     odistill.cli        the ``odistill`` command
 
 The public API is re-exported here and loaded on first use, so ``import odistill`` is cheap and
@@ -46,6 +47,9 @@ _EXPORTS = {
     "completion_logits": "odistill.core.forward",
     "sample": "odistill.core.sampler",
     **dict.fromkeys(("Teacher", "TeacherScorer", "TeacherScores"), "odistill.core.teacher"),
+    **dict.fromkeys(
+        ("RemoteTeacher", "RemoteTeacherError", "TeacherUnavailableError"), "odistill.core.remote"
+    ),
     **dict.fromkeys(("distillation_loss", "sampled_token_loss"), "odistill.core.loss"),
     **dict.fromkeys(("DistillConfig", "ConfigError", "PRESETS"), "odistill.train.config"),
     **dict.fromkeys(("distill", "DistillResult"), "odistill.train.trainer"),
@@ -67,6 +71,7 @@ _MODULES = {
     "train": "odistill.train",
     "bench": "odistill.bench",
     "classroom": "odistill.classroom",
+    "serve": "odistill.serve",
     "cli": "odistill.cli",
 }
 

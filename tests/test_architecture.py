@@ -1,7 +1,7 @@
 """The package's import rules (docs/architecture.md), checked on the source tree.
 
 1. Each part imports only the parts below it: ``core`` nothing outside ``core``; ``train`` the core;
-   ``bench`` the core and ``train``; ``classroom`` those three; ``cli`` anything.
+   ``bench`` the core and ``train``; ``classroom`` those three; ``serve`` the core; ``cli`` anything.
 2. No import cycle between files, counting imports inside functions too (they hide cycles).
 3. No ``_private`` name imported from another odistill module.
 
@@ -26,7 +26,8 @@ ALLOWED = {
     "train": {"core", "train"},
     "bench": {"core", "train", "bench"},
     "classroom": {"core", "train", "bench", "classroom"},
-    "cli": {"core", "train", "bench", "classroom", "cli"},
+    "serve": {"core", "serve"},
+    "cli": {"core", "train", "bench", "classroom", "serve", "cli"},
 }
 
 

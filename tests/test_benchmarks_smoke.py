@@ -26,6 +26,7 @@ SCRIPTS = {
     "bench_fused.py": [],
     "bench_estimators.py": [],
     "profile_step.py": [],
+    "bench_remote.py": ["--modes", "sampled"],  # starts odistill serve-teacher in a process of its own
 }
 
 
@@ -49,7 +50,9 @@ def _run(args, tmp_path, timeout=120):
 @pytest.mark.parametrize("script", list(SCRIPTS))
 def test_benchmark_quick_run(script, tmp_path):
     out_json = tmp_path / "out.json"
-    stdout = _run([str(BENCH / script), "--quick", "--json", str(out_json), *SCRIPTS[script]], tmp_path)
+    stdout = _run(
+        [str(BENCH / script), "--quick", "--json", str(out_json), *SCRIPTS[script]], tmp_path, timeout=300
+    )
     assert "| " in stdout  # a table was printed
     payload = json.loads(out_json.read_text())
     assert payload["benchmark"] and payload["machine"]["torch"]

@@ -9,6 +9,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from ..core.remote import RemoteTeacher
 from ..train.config import DistillConfig
 from ..train.runtime import cpu_threads
 from ..train.trainer import distill
@@ -43,6 +44,8 @@ def run_distillation(
     samples_per_prompt: int = 4,
     threads: int | None = None,
     resume_from: str | Path | None = None,
+    teacher_url: str | None = None,
+    teacher_api_key: str | None = None,
 ) -> dict:
     """Distil the (shipped) teacher of ``task`` into the (shipped, warm-started) student and measure both.
 
@@ -57,6 +60,10 @@ def run_distillation(
         threads: torch CPU threads for the run (default: ``config.threads``, else the policy of
             :mod:`odistill.train.runtime`: one thread for lab-bench models).
         resume_from: continue an interrupted run from its checkpoint (see :func:`~odistill.distill`).
+        teacher_url: score with the teacher served there (``odistill serve-teacher``) instead of a local
+            one (:class:`~odistill.core.remote.RemoteTeacher`; ``teacher`` is then ignored and the
+            teacher's accuracy is not measured: it is None).
+        teacher_api_key: the server's API key, if it needs one.
 
     Returns:
         A JSON-ready dict: ``task, config, student_accuracy_before, student_accuracy_after,
@@ -67,8 +74,12 @@ def run_distillation(
     """
     task_obj, config = get_task(task), config or DistillConfig()
     student_model, tokenizer = load_model(student or f"{task_obj.name}-student")
-    teacher_model, _ = load_model(teacher or f"{task_obj.name}-teacher")
-    size = count_parameters(student_model) + count_parameters(teacher_model)
+    if teacher_url is not None:
+        teacher_model = RemoteTeacher(teacher_url, tokenizer=tokenizer, api_key=teacher_api_key)
+        size = count_parameters(student_model)
+    else:
+        teacher_model, _ = load_model(teacher or f"{task_obj.name}-teacher")
+        size = count_parameters(student_model) + count_parameters(teacher_model)
     with cpu_threads(threads if threads is not None else config.threads, parameters=size) as chosen:
         # the loop keeps the same count (an explicit one, so its own policy does not choose again)
         config = replace(config, threads=chosen)
@@ -97,7 +108,8 @@ def _run_distillation(
         )
         return r["accuracy"], r.get("sampled_validity")
 
-    teacher_acc, teacher_sampled = measure(teacher_model)
+    local = not isinstance(teacher_model, RemoteTeacher)  # a served teacher only scores: not measured
+    teacher_acc, teacher_sampled = measure(teacher_model) if local else (None, None)
     before_acc, before_sampled = measure(student_model)
     eval_fn = (
         make_eval_fn(task_obj, tokenizer, n=eval_n) if config.eval_every else None

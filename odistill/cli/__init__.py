@@ -11,7 +11,8 @@ import argparse
 import contextlib
 import sys
 
-from . import demo, distill, sweep, train_teacher
+from ..core.remote import TeacherUnavailableError
+from . import demo, distill, serve_teacher, sweep, train_teacher
 from . import eval as eval_command
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -28,12 +29,14 @@ the package ("addition-teacher", "addition-student", …).
   odistill sweep --task sorting --grid beta=0,1 --grid lmbda=0,1 --seeds 3 --target 0.9
   odistill eval --task addition                    how good is the shipped teacher?
   odistill eval --task addition --model addition-student --json
+  odistill serve-teacher --model addition-teacher --port 8000        a teacher other machines score with
+  odistill distill --task addition --estimator sampled --teacher-url http://127.0.0.1:8000
   odistill train-teacher --task addition --out runs/my-teacher
   odistill train-teacher --task addition --out runs/my-student --student
 """
 
 #: The subcommands, in the order ``odistill --help`` lists them.
-COMMANDS = (demo, distill, sweep, train_teacher, eval_command)
+COMMANDS = (demo, distill, sweep, serve_teacher, train_teacher, eval_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _quiet_libraries(getattr(args, "quiet", False) or getattr(args, "json", False)):
             return args.func(args)
-    except (FileNotFoundError, ValueError) as error:  # a wrong name or argument: say what, not a traceback
+    except (FileNotFoundError, ValueError, TeacherUnavailableError) as error:  # say what, not a traceback
         print(f"odistill {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # distill has saved a checkpoint if it had an output_dir

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import fields, replace
 
 from ..bench.experiments import run_distillation
@@ -49,6 +50,8 @@ def run(args) -> int:
         teacher=args.teacher,
         threads=args.threads,
         resume_from=resume,
+        teacher_url=args.teacher_url,
+        teacher_api_key=args.teacher_api_key or os.environ.get("ODISTILL_TEACHER_API_KEY"),
     )
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, sort_keys=True, default=str))
@@ -60,14 +63,18 @@ def run(args) -> int:
     )
     print(
         f"  student greedy accuracy  {result['student_accuracy_before']:.3f} -> "
-        f"{result['student_accuracy_after']:.3f}   (teacher {result['teacher_accuracy']:.3f})"
+        f"{result['student_accuracy_after']:.3f}   (teacher {_score(result['teacher_accuracy'])})"
     )
     if result["student_sampled_after"] is not None:
         print(
             f"  student sampled (T=1)    {result['student_sampled_before']:.3f} -> "
-            f"{result['student_sampled_after']:.3f}   (teacher {result['teacher_sampled']:.3f})"
+            f"{result['student_sampled_after']:.3f}   (teacher {_score(result['teacher_sampled'])})"
         )
     return 0
+
+
+def _score(value) -> str:
+    return "not measured: served elsewhere" if value is None else f"{value:.3f}"
 
 
 def parse_value(annotation: str):
@@ -145,6 +152,20 @@ def add_parser(subparsers) -> None:
     )
     run_group.add_argument("--student", default=None, help="student name/path/hub id (default: TASK-student)")
     run_group.add_argument("--teacher", default=None, help="teacher name/path/hub id (default: TASK-teacher)")
+    run_group.add_argument(
+        "--teacher-url",
+        default=None,
+        metavar="URL",
+        help="score with the teacher served at URL (odistill serve-teacher) instead of --teacher: "
+        "the sampled "
+        "estimator, or the full one with --teacher-top-k K; vocabulary and tokenizer are checked first",
+    )
+    run_group.add_argument(
+        "--teacher-api-key",
+        default=None,
+        metavar="KEY",
+        help="the API key of --teacher-url (default: $ODISTILL_TEACHER_API_KEY)",
+    )
     run_group.add_argument(
         "--threads",
         type=int,

@@ -4,7 +4,7 @@ A teacher is anything that knows its vocabulary size and can ``score(rollouts, m
 :class:`Teacher` protocol); :func:`odistill.distill` needs nothing else (plus ``sample`` for sequence-level
 KD, and ``lm_head`` for the fused LM-head loss). :class:`TeacherScorer` is the local implementation: a
 Hugging Face causal LM in this process, one forward pass over the rollouts, no gradients. A teacher
-served elsewhere is one more class with the same two members.
+served elsewhere is one more class with the same two members (:mod:`odistill.core.remote`).
 
 Four things a teacher can return about each completion position, from the most to the least
 informative (and memory hungry):
@@ -121,7 +121,10 @@ class Teacher(Protocol):
     training). ``score`` returns :class:`TeacherScores` for a rollout batch in one of
     :data:`SCORE_MODES` (``k`` is the number of log-probs per position in ``"topk"`` mode), on the
     rollouts' device. Optional members: ``sample(tokenizer, prompts, **sampling) -> Rollouts`` for
-    sequence-level KD (``seq_kd=True``) and ``lm_head() -> (weight, bias)`` for ``"hidden"`` scores.
+    sequence-level KD (``seq_kd=True``), ``lm_head() -> (weight, bias)`` for ``"hidden"`` scores,
+    ``modes`` (the modes it can return; :func:`odistill.distill` refuses a config that needs another
+    one before training) and ``check_tokenizer(tokenizer)`` (raises when the teacher's token ids are not
+    the tokenizer's; called before training). :class:`odistill.core.remote.RemoteTeacher` is one.
     """
 
     vocab_size: int

@@ -57,6 +57,8 @@ class TrainState:
         teacher: a :class:`~odistill.core.teacher.Teacher` (the local one wraps a model).
         coin: the λ coin, identical on every process.
         picker: draws the global batch's prompt indices, identical on every process.
+        step_start: ``(step, random states)`` taken as that step began (:meth:`mark_step_start`), so
+            that a checkpoint written when the step fails half-way holds the states that re-run it.
     """
 
     config: DistillConfig
@@ -75,6 +77,22 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     first_step: int = 1
     warned_clipped: bool = False
+    step_start: tuple | None = None
+
+    def mark_step_start(self, step: int) -> None:
+        """Remember the random states with which ``step`` begins."""
+        states = {name: r.getstate() for name, r in self.rngs.items()}
+        self.step_start = (step, states, torch.random.get_rng_state())
+
+    def rewind_to_step_start(self, step: int) -> None:
+        """Put back the random states with which ``step`` began (when it was marked): after a failure in
+        the middle of ``step``, a checkpoint then re-runs it exactly."""
+        if self.step_start is None or self.step_start[0] != step:
+            return
+        _, states, torch_state = self.step_start
+        for name, r in self.rngs.items():
+            r.setstate(states[name])
+        torch.random.set_rng_state(torch_state)
 
     @property
     def device(self) -> torch.device:

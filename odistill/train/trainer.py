@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..core.forward import disable_dropout, lm_head_of
+from ..core.remote import TeacherUnavailableError
 from ..core.rollouts import resolve_special_ids
 from ..core.teacher import TeacherScorer, check_vocab_compatible
 from .checkpoint import (
@@ -38,7 +39,7 @@ from .checkpoint import (
     prune_checkpoints,
     save_training_checkpoint,
 )
-from .config import DistillConfig
+from .config import ConfigError, DistillConfig
 from .data import PromptSource
 from .loggers import make_loggers
 from .runtime import cpu_threads, make_accelerator
@@ -153,12 +154,16 @@ def _run(state: TrainState, eval_fn, callback, *, threads: int | None) -> Distil
             log(state, maybe_eval(state, {"step": 0}, eval_fn), loggers)
         start = time.perf_counter()
         for step in range(state.first_step, config.steps + 1):
+            state.mark_step_start(step)
             row = train_step(state, step)
             state.history.append(row)  # the update is applied: a checkpoint taken from here on includes it
             log(state, maybe_eval(state, row, eval_fn), loggers, record=False)
             maybe_checkpoint(state, step)
     except KeyboardInterrupt:
         checkpoint_on_interrupt(state)
+        raise
+    except TeacherUnavailableError as error:  # the teacher's server is down: keep what was trained
+        checkpoint_on_interrupt(state, reason=f"the teacher at {error.url} is unavailable")
         raise
     finally:
         for logger in loggers:
@@ -180,6 +185,8 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
     data = PromptSource(dataset, config, need_completions=config.min_lmbda < 1 and not config.seq_kd)
     resolve_special_ids(tokenizer, student)  # clear error now if there is no EOS
     vocab = check_vocab_compatible(student, teacher, tokenizer)
+    if callable(getattr(teacher, "check_tokenizer", None)):  # e.g. a served teacher: same token ids?
+        teacher.check_tokenizer(tokenizer)
     accelerator = make_accelerator(config.device, config.mixed_precision)
     torch.manual_seed(config.seed + accelerator.process_index)
     teacher = _as_teacher(teacher, config, vocab, accelerator.device)
@@ -243,6 +250,13 @@ def _as_teacher(teacher, config: DistillConfig, vocab: int, device):
         raise TypeError(
             f"teacher must be a torch.nn.Module or a Teacher (with vocab_size and score()), got "
             f"{type(teacher).__name__}"
+        )
+    modes = getattr(teacher, "modes", None)
+    if modes is not None and mode not in modes:
+        raise ConfigError(
+            f"{type(teacher).__name__} returns {tuple(modes)} scores, but this config needs {mode!r} ones: "
+            "use estimator='sampled' (one log-prob per token), or the full estimator on the teacher's top k "
+            "(teacher_top_k=k)"
         )
     needs = {"sample": config.seq_kd and config.min_lmbda < 1, "lm_head": mode == "hidden"}
     for member, needed in needs.items():
@@ -346,15 +360,18 @@ def maybe_checkpoint(state: TrainState, step: int) -> None:
         _save(state, step)
 
 
-def checkpoint_on_interrupt(state: TrainState) -> None:
-    """On Ctrl-C: save the last finished step (when there is an ``output_dir``) and say how to resume."""
+def checkpoint_on_interrupt(state: TrainState, reason: str = "interrupted") -> None:
+    """On Ctrl-C or a teacher that stays unavailable: save the last finished step (when there is an
+    ``output_dir``) and say how to resume. A step that was cut half-way is not in the checkpoint; its
+    random states are, so the resumed run repeats it exactly."""
     done = (
         state.history[-1]["step"] if state.history and "loss" in state.history[-1] else state.first_step - 1
     )
     if state.config.output_dir and state.accelerator.is_main_process and done >= state.first_step:
+        state.rewind_to_step_start(done + 1)
         target = _save(state, done)
         warnings.warn(
-            f"interrupted: saved a checkpoint of step {done} to {target}; continue with "
+            f"{reason}: saved a checkpoint of step {done} to {target}; continue with "
             f"resume_from={str(state.config.output_dir)!r} (odistill distill --resume)",
             stacklevel=3,
         )
