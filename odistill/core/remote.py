@@ -26,7 +26,8 @@ The odistill wire format (JSON), one entry per rollout row::
     POST /v1/score
     {"sequences": [[ids of prompt + completion], ...],   # real tokens only, no padding
      "completion_starts": [index of the first completion token, ...],
-     "mode": "sampled" | "topk", "k": 20}
+     "mode": "sampled" | "topk", "k": 20,
+     "vocab_size": 151936}                                # optional: only the first V logits count
     ->
     {"token_logprobs": [[log p_T(x_t) for each completion token], ...],
      "topk_logprobs": [[[k floats], ...], ...], "topk_ids": [[[k ids], ...], ...],   # "topk" only
@@ -198,7 +199,8 @@ class RemoteTeacher:
         max_rows: send at most this many rows per request (default: the whole batch in one).
 
     Attributes:
-        vocab_size: see above. model: the served model's name. bytes_sent, bytes_received: the HTTP
+        vocab_size: see above (after :meth:`restrict_vocab`, the restricted size). served_vocab_size: the
+        server's own. model: the served model's name. bytes_sent, bytes_received: the HTTP
         bodies so far (for the bytes-per-step benchmark). requests: the number of scoring requests.
     """
 
@@ -244,6 +246,7 @@ class RemoteTeacher:
             if vocab_size is not None and vocab_size != size:
                 raise ValueError(f"vocab_size={vocab_size} was given, but {self.url} serves V={size}")
             self.vocab_size, self.model = size, model or self.info.get("model")
+            self.served_vocab_size = size
         else:
             self.info = self._call("GET", "/v1/models", None, what="GET /v1/models")
             served = [m.get("id") for m in self.info.get("data", []) if isinstance(m, dict)]
@@ -258,6 +261,7 @@ class RemoteTeacher:
             if vocab_size is None and tokenizer is None:
                 raise ValueError("a vLLM teacher needs vocab_size= or tokenizer= (vLLM does not report it)")
             self.vocab_size, self.model = vocab_size or len(tokenizer), model
+            self.served_vocab_size = self.vocab_size
         if tokenizer is not None:
             self.check_tokenizer(tokenizer)
 
@@ -268,6 +272,20 @@ class RemoteTeacher:
         )
 
     # -- the Teacher seam --------------------------------------------------------------------------
+
+    def restrict_vocab(self, size: int) -> RemoteTeacher:
+        """Score over the first ``size`` logits only, the vocabulary student and teacher share when one of
+        them pads its LM head (e.g. 151936 vs 152064 rows for one Qwen tokenizer), as the local teacher
+        does with ``TeacherScorer(vocab_size=…)``: log-probs normalised over those ``size`` logits, top-k
+        among them. :func:`odistill.distill` calls it; returns the teacher itself (changed in place).
+
+        A vLLM server normalises over its whole LM head (it cannot be told otherwise); its top-k ids at or
+        beyond ``size`` are dropped. The difference is the mass on padding rows, which trained models
+        leave near zero."""
+        if not isinstance(size, int) or not 1 <= size <= self.served_vocab_size:
+            raise ValueError(f"size must be an integer in [1, {self.served_vocab_size}], got {size!r}")
+        self.vocab_size = size
+        return self
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raise a :class:`ValueError` unless the server's teacher uses ``tokenizer``'s token ids."""
@@ -315,6 +333,8 @@ class RemoteTeacher:
             body = {"sequences": sequences, "completion_starts": starts, "mode": mode}
             if mode == "topk":
                 body["k"] = k
+            if self.vocab_size != self.served_vocab_size:
+                body["vocab_size"] = self.vocab_size
             answer = self._call("POST", "/v1/score", body, what="POST /v1/score")
         else:
             answer = self._vllm_score(sequences, starts, mode, k)
@@ -361,7 +381,7 @@ class RemoteTeacher:
                         (
                             (v.get("rank", 0), tid, float(v["logprob"]))
                             for tid, v in entry.items()
-                            if v.get("rank", 0) >= 1
+                            if v.get("rank", 0) >= 1 and tid < self.vocab_size
                         ),
                         key=lambda r: (r[0], -r[2]),
                     )[:k]

@@ -123,8 +123,10 @@ class Teacher(Protocol):
     rollouts' device. Optional members: ``sample(tokenizer, prompts, **sampling) -> Rollouts`` for
     sequence-level KD (``seq_kd=True``), ``lm_head() -> (weight, bias)`` for ``"hidden"`` scores,
     ``modes`` (the modes it can return; :func:`odistill.distill` refuses a config that needs another
-    one before training) and ``check_tokenizer(tokenizer)`` (raises when the teacher's token ids are not
-    the tokenizer's; called before training). :class:`odistill.core.remote.RemoteTeacher` is one.
+    one before training), ``restrict_vocab(n)`` (score over the first ``n`` logits only: called when
+    the teacher pads its LM head beyond the vocabulary it shares with the student) and
+    ``check_tokenizer(tokenizer)`` (raises when the teacher's token ids are not the tokenizer's; called
+    before training). :class:`odistill.core.remote.RemoteTeacher` is one.
     """
 
     vocab_size: int

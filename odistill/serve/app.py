@@ -52,14 +52,22 @@ def _is_int(value) -> bool:
 
 def parse_score_request(
     body, *, vocab_size: int, max_positions: int | None, max_batch_tokens: int
-) -> tuple[list[list[int]], list[int], str, int | None]:
-    """Check a ``/v1/score`` body; ``(sequences, completion_starts, mode, k)`` or :class:`BadRequest`."""
+) -> tuple[list[list[int]], list[int], str, int | None, int]:
+    """Check a ``/v1/score`` body; ``(sequences, completion_starts, mode, k, vocab_size)`` or
+    :class:`BadRequest`. ``vocab_size`` (optional, default: the teacher's) scores over the first that many
+    logits only: the vocabulary student and teacher share when one pads its LM head."""
     if not isinstance(body, dict):
         raise BadRequest(422, f"the body must be a JSON object, got {type(body).__name__}")
-    unknown = set(body) - {"sequences", "completion_starts", "mode", "k"}
+    unknown = set(body) - {"sequences", "completion_starts", "mode", "k", "vocab_size"}
     if unknown:
         raise BadRequest(
             422, f"unknown fields {sorted(unknown)}; expected sequences, completion_starts, mode, k"
+        )
+    served = vocab_size
+    vocab_size = body.get("vocab_size", served)
+    if not (_is_int(vocab_size) and 1 <= vocab_size <= served):
+        raise BadRequest(
+            422, f"vocab_size must be an integer in [1, {served}] (the teacher's logits), got {vocab_size!r}"
         )
     mode = body.get("mode", "sampled")
     if mode not in REMOTE_MODES:
@@ -107,7 +115,7 @@ def parse_score_request(
                 "tokens per "
                 "forward pass (serve-teacher --max-batch-tokens)",
             )
-    return sequences, starts, mode, k
+    return sequences, starts, mode, k, vocab_size
 
 
 @dataclass
@@ -116,6 +124,7 @@ class _Job:
     starts: list[int]
     mode: str
     k: int | None
+    vocab_size: int
     done: threading.Event = field(default_factory=threading.Event)
     result: dict | None = None
     error: BaseException | None = None
@@ -128,7 +137,7 @@ class _Job:
 
     @property
     def key(self) -> tuple:
-        return (self.mode, self.k)
+        return (self.mode, self.k, self.vocab_size)
 
     @property
     def tokens(self) -> int:
@@ -161,6 +170,7 @@ class ScoringEngine:
             raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         self.scorer = TeacherScorer(model, mode="sampled", device=device)
         self.vocab_size = self.scorer.vocab_size
+        self._scorers = {self.vocab_size: self.scorer}
         config = getattr(model, "config", None)
         self.max_positions = getattr(config, "max_position_embeddings", None)
         self.name, self.max_batch_tokens, self.threads = name, max_batch_tokens, threads
@@ -187,10 +197,12 @@ class ScoringEngine:
 
     # -- what the routes call ----------------------------------------------------------------------
 
-    def submit(self, sequences, starts, mode: str, k: int | None, on_done=None) -> _Job:
+    def submit(
+        self, sequences, starts, mode: str, k: int | None, vocab_size: int | None = None, on_done=None
+    ) -> _Job:
         """Queue a checked request; the job's ``done`` event is set (and ``on_done()`` called, from the
         worker thread) when its ``result`` or ``error`` is ready."""
-        job = _Job(sequences, starts, mode, k, on_done=on_done)
+        job = _Job(sequences, starts, mode, k, vocab_size or self.vocab_size, on_done=on_done)
         with self._wake:
             if self._closed:
                 raise RuntimeError("the scoring engine is closed")
@@ -198,9 +210,9 @@ class ScoringEngine:
             self._wake.notify()
         return job
 
-    def score(self, sequences, starts, mode: str = "sampled", k: int | None = None) -> dict:
+    def score(self, sequences, starts, mode: str = "sampled", k: int | None = None, vocab_size=None) -> dict:
         """Score one request and wait for it (the synchronous way in, for tests and scripts)."""
-        job = self.submit(sequences, starts, mode, k)
+        job = self.submit(sequences, starts, mode, k, vocab_size)
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -255,7 +267,7 @@ class ScoringEngine:
                 at += n
                 job.finish()
 
-    def _run(self, sequences, starts, mode: str, k: int | None) -> dict:
+    def _run(self, sequences, starts, mode: str, k: int | None, vocab_size: int) -> dict:
         """Per-row score lists for all rows, in forward passes of at most ``max_batch_tokens`` padded
         tokens each."""
         out: dict[str, list] = {"token_logprobs": []}
@@ -266,14 +278,23 @@ class ScoringEngine:
             longest = max((len(sequences[j]) for j in chunk + ([i] if i < len(sequences) else [])), default=0)
             if i == len(sequences) or (chunk and (len(chunk) + 1) * longest > self.max_batch_tokens):
                 if chunk:
-                    self._score_chunk([sequences[j] for j in chunk], [starts[j] for j in chunk], mode, k, out)
+                    rows = [sequences[j] for j in chunk], [starts[j] for j in chunk]
+                    self._score_chunk(*rows, mode, k, vocab_size, out)
                 chunk = []
             if i < len(sequences):
                 chunk.append(i)
         self.served["rows"] += len(sequences)
         return out
 
-    def _score_chunk(self, sequences, starts, mode: str, k: int | None, out: dict) -> None:
+    def _scorer(self, vocab_size: int) -> TeacherScorer:
+        """The teacher scoring over its first ``vocab_size`` logits (one scorer per size asked for)."""
+        if vocab_size not in self._scorers:
+            self._scorers[vocab_size] = TeacherScorer(
+                self.scorer.model, mode="sampled", vocab_size=vocab_size
+            )
+        return self._scorers[vocab_size]
+
+    def _score_chunk(self, sequences, starts, mode: str, k: int | None, vocab_size: int, out: dict) -> None:
         counts = [len(s) - a for s, a in zip(sequences, starts, strict=True)]
         if max(counts) == 0:  # nothing to score (no completion tokens): no forward pass
             for name in out:
@@ -292,7 +313,7 @@ class ScoringEngine:
             prompt_width=prompt_ids.shape[1],
             source="remote",
         )
-        scores = self.scorer.score(rollouts, mode, k=k or 1)
+        scores = self._scorer(vocab_size).score(rollouts, mode, k=k or 1)
         self.served["forward_passes"] += 1
         token = scores.token_logprobs.cpu()
         if not torch.isfinite(token[completion_mask]).all():

@@ -32,7 +32,7 @@ import torch
 from ..core.forward import disable_dropout, lm_head_of
 from ..core.remote import TeacherUnavailableError
 from ..core.rollouts import resolve_special_ids
-from ..core.teacher import TeacherScorer, check_vocab_compatible
+from ..core.teacher import TeacherScorer, check_vocab_compatible, vocab_size_of
 from .checkpoint import (
     latest_checkpoint,
     load_training_checkpoint,
@@ -251,6 +251,15 @@ def _as_teacher(teacher, config: DistillConfig, vocab: int, device):
             f"teacher must be a torch.nn.Module or a Teacher (with vocab_size and score()), got "
             f"{type(teacher).__name__}"
         )
+    size = vocab_size_of(teacher)
+    if size != vocab:  # the teacher pads its LM head beyond the shared vocabulary
+        restrict = getattr(teacher, "restrict_vocab", None)
+        if not callable(restrict):
+            raise ConfigError(
+                f"{type(teacher).__name__} scores V={size} logits, but it shares only the first {vocab} with "
+                "the student: give it a restrict_vocab(n) method that scores over the first n logits"
+            )
+        restrict(vocab)
     modes = getattr(teacher, "modes", None)
     if modes is not None and mode not in modes:
         raise ConfigError(

@@ -5,6 +5,7 @@ and a server that dies mid-run (a checkpoint, then a resumed run that matches an
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +34,7 @@ from odistill.core.remote import (  # noqa: E402
     tokenizer_fingerprint,
 )
 from odistill.core.rollouts import rollouts_from_text  # noqa: E402
+from odistill.core.sampler import sample  # noqa: E402
 from odistill.core.teacher import TeacherScorer  # noqa: E402
 from odistill.serve import ScoringEngine, create_app  # noqa: E402
 from odistill.train.config import ConfigError  # noqa: E402
@@ -353,3 +356,72 @@ def test_only_loopback_addresses_count_as_private():
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("gpu-box")
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_share_one_server(url, engine, tmp_path):
+    """Two training processes (gloo) score through one server at once: each gets its own rows right."""
+    script = Path(__file__).parents[1] / "scripts" / "ddp_remote.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += [
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        str(tmp_path),
+        url,
+    ]
+    served = dict(engine.served)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
+    for r in (r0, r1):
+        assert len(r["differences"]) == 3 and max(r["differences"]) <= 1e-5
+    assert r0["fingerprint"] == r1["fingerprint"]  # in sync: the same update on both
+    assert engine.served["rows"] - served["rows"] == r0["rows"] + r1["rows"]
+
+
+@pytest.mark.filterwarnings("ignore:step 1.*reached max_new_tokens:RuntimeWarning")  # random models
+def test_a_teacher_with_a_padded_lm_head_scores_over_the_shared_vocabulary(char_tokenizer):
+    """Teacher V = 24 > student V = 16 = the tokenizer: the local teacher is cut to the first 16 logits;
+    the served one must be too (distill() restricts it), or its log-probs and top-k differ."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def tiny(vocab, seed):
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        )  # fmt: skip
+        return LlamaForCausalLM(config).eval()
+
+    tok = char_tokenizer
+    student, teacher = tiny(len(tok), 0), tiny(len(tok) + 8, 1)
+    engine = ScoringEngine(teacher, tok)
+    data = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
+    config = config_for(estimator="sampled", max_new_tokens=4, steps=3)
+    try:
+        with running(create_app(engine)) as base:
+            remote = RemoteTeacher(base, tokenizer=tok)
+            assert remote.vocab_size == len(tok) + 8
+            rollouts = sample(student, tok, [d["prompt"] for d in data[:6]], max_new_tokens=4, seed=0)
+            local = TeacherScorer(teacher, vocab_size=len(tok))
+            remote.restrict_vocab(len(tok))
+            for mode, k in (("sampled", None), ("topk", 3)):
+                got, want = remote.score(rollouts, mode, k=k), local.score(rollouts, mode, k=k)
+                assert torch.allclose(got.token_logprobs, want.token_logprobs, atol=1e-5, rtol=0)
+                if mode == "topk":
+                    mask = rollouts.completion_mask
+                    assert torch.equal(got.topk_ids[mask], want.topk_ids[mask])
+                    assert int(got.topk_ids.max()) < len(tok)
+            a = distill(copy.deepcopy(student), teacher, tok, data, config)
+            b = distill(copy.deepcopy(student), RemoteTeacher(base, tokenizer=tok), tok, data, config)
+    finally:
+        engine.close()
+    for x, y in zip(a.history, b.history, strict=True):
+        assert math.isclose(x["loss"], y["loss"], abs_tol=1e-5), (x, y)
+    with pytest.raises(ValueError, match=r"size must be an integer in \[1, 24\]"):
+        remote.restrict_vocab(25)
