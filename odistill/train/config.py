@@ -205,6 +205,12 @@ class DistillConfig:
         "that sampled the tokens (as TRL's trainers do)",
         "optimisation",
     )
+    gradient_checkpointing: bool = _option(
+        False,
+        "recompute the student's activations in the backward pass instead of keeping them (less memory, "
+        "about one more forward pass of compute); sampling keeps its KV cache",
+        "optimisation",
+    )
     steps: int = _option(200, "student optimizer steps", "optimisation")
     # bookkeeping
     eval_every: int = _option(0, "evaluate every N steps (0: only before and after training)", "bookkeeping")

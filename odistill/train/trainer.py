@@ -195,6 +195,8 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
             student, vocab
         )  # a clear error before any work if the student's logits are not hidden @ W.T
     student.to(accelerator.device)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
     if config.disable_dropout:
         disable_dropout(student)
     student.train()
@@ -232,6 +234,31 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
             config=config,
         )
     return state
+
+
+def enable_gradient_checkpointing(student) -> None:
+    """Turn on the student's activation checkpointing for its training forward passes.
+
+    Hugging Face models recompute each layer in the backward pass (non-reentrant checkpoints, which work
+    with inputs that need no gradient and with ``torch.no_grad`` regions). The checkpoints are active only
+    in train mode: :func:`odistill.core.sampler.sample` runs the model in eval mode, so sampling keeps
+    its KV cache (TRL's trainers turn the cache off while generating instead).
+    """
+    enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x
+    kwargs_name = "activation_checkpointing_kwargs"
+    if not callable(enable):
+        enable, kwargs_name = (
+            getattr(student, "gradient_checkpointing_enable", None),
+            "gradient_checkpointing_kwargs",
+        )
+    if not callable(enable):
+        raise ConfigError(
+            "gradient_checkpointing=True needs a model with gradient_checkpointing_enable() (any Hugging "
+            f"Face PreTrainedModel); {type(student).__name__} has none"
+        )
+    if not getattr(student, "supports_gradient_checkpointing", True):
+        raise ConfigError(f"{type(student).__name__} does not support gradient checkpointing")
+    enable(**{kwargs_name: {"use_reentrant": False}})
 
 
 def _as_teacher(teacher, config: DistillConfig, vocab: int, device):
