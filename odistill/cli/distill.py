@@ -42,6 +42,8 @@ def run(args) -> int:
         )
     overrides = {f.name: getattr(args, f.name) for f in config_options() if getattr(args, f.name) is not None}
     overrides["progress"] = not args.json and not args.quiet
+    if args.report_to is not None:
+        overrides["report_to"] = tuple(name for name in args.report_to.split(",") if name)
     config = replace(config, **overrides)
     result = run_distillation(
         args.task,
@@ -152,6 +154,14 @@ def add_parser(subparsers) -> None:
     )
     run_group.add_argument("--student", default=None, help="student name/path/hub id (default: TASK-student)")
     run_group.add_argument("--teacher", default=None, help="teacher name/path/hub id (default: TASK-teacher)")
+    run_group.add_argument(
+        "--report-to",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated loggers besides the progress bar: jsonl (output_dir/metrics.jsonl), "
+        "tensorboard (output_dir/tensorboard), wandb, trackio (accelerate's trackers; offline where there "
+        "is no network); with --log-samples-every N they also get a table of sample completions",
+    )
     run_group.add_argument(
         "--teacher-url",
         default=None,

@@ -220,6 +220,12 @@ class DistillConfig:
         None, "keep only the newest N checkpoints in output_dir (None: keep all)", "bookkeeping"
     )
     log_every: int = _option(10, "update the progress bar's loss every N steps", "bookkeeping")
+    log_samples_every: int = _option(
+        0,
+        "every N steps, put a table of a few of the step's completions with their per-token reverse KL in "
+        "the history row ('samples'), for the trackers of report_to (0: never)",
+        "bookkeeping",
+    )
     seed: int = _option(0, "seed of the prompts, the λ coin and the samples", "bookkeeping")
     device: str = _option("auto", "'auto', 'cpu', 'cuda', 'cuda:1' …", "bookkeeping", cli=False)
     mixed_precision: str = _option(
@@ -245,8 +251,8 @@ class DistillConfig:
     )
     report_to: tuple[str, ...] = _option(
         (),
-        "more loggers of the per-step metrics, names of "
-        "odistill.train.loggers.LOGGERS ('jsonl': output_dir/metrics.jsonl)",
+        "more loggers of the per-step metrics, names of odistill.train.loggers.LOGGERS ('jsonl': "
+        "output_dir/metrics.jsonl; 'tensorboard', 'wandb', 'trackio': accelerate's trackers)",
         "bookkeeping",
         cli=False,
     )
@@ -325,7 +331,7 @@ class DistillConfig:
                 _is_int(getattr(self, name), 1),
                 f"{name} must be an integer >= 1, got {getattr(self, name)!r}",
             )
-        for name in ("top_k", "eval_every", "save_every", "warmup_steps", "seed"):
+        for name in ("top_k", "eval_every", "save_every", "warmup_steps", "seed", "log_samples_every"):
             _need(
                 _is_int(getattr(self, name), 0),
                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}",
@@ -429,6 +435,10 @@ class DistillConfig:
         _need(
             "jsonl" not in self.report_to or self.output_dir,
             "report_to 'jsonl' needs an output_dir to write metrics.jsonl to",
+        )
+        _need(
+            "tensorboard" not in self.report_to or self.output_dir,
+            "report_to 'tensorboard' needs an output_dir to write output_dir/tensorboard to",
         )
 
     # ------------------------------------------------------------------ helpers

@@ -5,10 +5,18 @@ history row (a training step, or an evaluation-only row at step 0), and ``close(
 after an error. The registered loggers run on the main process only (a ``distill(callback=...)`` runs
 on every process). Registered loggers (``DistillConfig.report_to``):
 
-==========  ==================================================================================
-progress    a tqdm bar over the steps with the loss and reverse KL (``DistillConfig.progress``)
-jsonl       one JSON object per row in ``output_dir/metrics.jsonl`` (a resumed run continues it)
-==========  ==================================================================================
+===========  =================================================================================
+progress     a tqdm bar over the steps with the loss and reverse KL (``DistillConfig.progress``)
+jsonl        one JSON object per row in ``output_dir/metrics.jsonl`` (a resumed run continues it)
+tensorboard  TensorBoard event files in ``output_dir/tensorboard`` (the ``tensorboard`` package)
+wandb        a Weights & Biases run (``wandb``; ``WANDB_MODE=offline`` where there is no network)
+trackio      a Trackio run (``trackio``, local by default)
+===========  =================================================================================
+
+The last three go through accelerate's trackers (:mod:`accelerate.tracking`): the config is stored once
+(``store_init_configuration``), every numeric value of a row is logged at its step, and a row's
+``samples`` (every ``log_samples_every`` steps: prompts, completions and their per-token reverse KL) become
+a table — a text table in TensorBoard, a ``log_table`` where the tracker has one.
 
 A new logger is a class with those three methods, registered in :data:`LOGGERS`.
 """
@@ -21,7 +29,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Logger", "LOGGERS", "ProgressLogger", "JsonlLogger", "CallbackLogger", "make_loggers"]
+__all__ = [
+    "Logger",
+    "LOGGERS",
+    "ProgressLogger",
+    "JsonlLogger",
+    "TrackerLogger",
+    "CallbackLogger",
+    "make_loggers",
+    "samples_markdown",
+]
 
 
 class Logger(Protocol):
@@ -88,6 +105,83 @@ class JsonlLogger:
             self.file.close()
 
 
+def samples_markdown(samples: list[dict]) -> str:
+    """A markdown table of sample completions (``row["samples"]``) with their mean per-token reverse KL."""
+    lines = ["| prompt | completion | reverse KL / token |", "|---|---|---|"]
+    for s in samples:
+        cells = [str(s["prompt"]).replace("|", "\\|"), str(s["completion"]).replace("|", "\\|")]
+        lines.append(f"| {cells[0]} | {cells[1]} | {s['reverse_kl']:.4f} |")
+    return "\n".join(lines)
+
+
+class TrackerLogger:
+    """Log the rows through one of accelerate's trackers (``tensorboard``, ``wandb``, ``trackio``)."""
+
+    #: report_to name → (accelerate tracker class name, the package it needs)
+    KINDS = {
+        "tensorboard": ("TensorBoardTracker", "tensorboard"),
+        "wandb": ("WandBTracker", "wandb"),
+        "trackio": ("TrackioTracker", "trackio"),
+    }
+
+    def __init__(self, kind: str):
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {sorted(self.KINDS)}, got {kind!r}")
+        self.kind, self.tracker = kind, None
+
+    def start(self, config, first_step: int) -> None:
+        import importlib.util
+
+        import accelerate.tracking
+
+        cls_name, package = self.KINDS[self.kind]
+        if importlib.util.find_spec(package) is None:
+            raise ImportError(f"report_to={self.kind!r} needs the {package} package: pip install {package}")
+        cls = getattr(accelerate.tracking, cls_name)
+        run_name = Path(config.output_dir).name if config.output_dir else "odistill"
+        if self.kind == "tensorboard":
+            self.tracker = cls(run_name, Path(config.output_dir) / "tensorboard")
+        elif self.kind == "wandb":
+            self.tracker = cls(run_name, dir=config.output_dir, resume="allow" if first_step > 1 else None)
+        else:
+            self.tracker = cls(run_name)
+        start = getattr(self.tracker, "start", None)  # accelerate >= 1.x opens the run here
+        if callable(start):
+            start()
+        if first_step == 1:
+            self.tracker.store_init_configuration(hparams(config.to_dict()))
+
+    def log(self, row: dict) -> None:
+        step = row["step"]
+        values = {
+            k: float(v)
+            for k, v in row.items()
+            if k != "step" and isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))
+        }
+        if values:
+            self.tracker.log(values, step=step)
+        samples = row.get("samples")
+        if samples:
+            table = getattr(self.tracker, "log_table", None)
+            if callable(table) and self.kind != "tensorboard":
+                columns = ["prompt", "completion", "reverse_kl"]
+                table("samples", columns=columns, data=[[s[c] for c in columns] for s in samples], step=step)
+            else:
+                self.tracker.log({"samples": samples_markdown(samples)}, step=step)
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+
+
+def hparams(config: dict) -> dict:
+    """A config as trackers' hyper-parameter tables take it: numbers, strings and booleans only."""
+    out = {}
+    for key, value in config.items():
+        out[key] = value if isinstance(value, bool | int | float | str) else json.dumps(value)
+    return out
+
+
 class CallbackLogger:
     """Call ``callback(row)`` for every history row (``distill(callback=...)``, e.g. a live plot)."""
 
@@ -105,7 +199,11 @@ class CallbackLogger:
 
 
 #: Registered loggers, by the name ``DistillConfig.report_to`` uses.
-LOGGERS: dict[str, Callable[[], Logger]] = {"progress": ProgressLogger, "jsonl": JsonlLogger}
+LOGGERS: dict[str, Callable[[], Logger]] = {
+    "progress": ProgressLogger,
+    "jsonl": JsonlLogger,
+    **{kind: (lambda kind=kind: TrackerLogger(kind)) for kind in TrackerLogger.KINDS},
+}
 
 
 def make_loggers(

@@ -154,6 +154,24 @@ def score(state: TrainState, rollouts: Rollouts) -> TeacherScores:
     return state.teacher.score(rollouts, teacher_mode(state.config), k=state.config.teacher_top_k)
 
 
+def sample_table(rollouts: Rollouts, token_reverse_kl: torch.Tensor, n: int) -> list[dict]:
+    """The first ``n`` rows of a batch for a tracker's table: prompt, completion, the mean per-token
+    reverse KL over the completion and each token's value."""
+    mask = rollouts.completion_mask
+    rows = []
+    for b in range(min(n, len(rollouts))):
+        values = token_reverse_kl[b][mask[b]].tolist()
+        rows.append(
+            {
+                "prompt": rollouts.prompts[b] if rollouts.prompts else "",
+                "completion": rollouts.texts[b] if rollouts.texts else "",
+                "reverse_kl": sum(values) / max(len(values), 1),
+                "token_reverse_kl": [round(v, 5) for v in values],
+            }
+        )
+    return rows
+
+
 def count_tokens(state: TrainState, batches: list[Rollouts]) -> int:
     """The number of counted completion tokens of one optimizer step: every micro-batch of every process
     (an all-reduce when there are several processes)."""
@@ -171,7 +189,8 @@ def loss_and_metrics(
     and its metrics (:func:`backward` divides by the step's token count).
 
     Metrics: ``reverse_kl``, the mean over counted tokens of ``log p_S(x_t) − log p_T(x_t)`` (the k1
-    estimate of the per-token reverse KL on these tokens).
+    estimate of the per-token reverse KL on these tokens), and ``token_reverse_kl``, that difference per
+    token, ``(B, T)`` (0 off the completion; absent when the loss was not finite).
     """
     try:
         fn = _fused_loss if scores.mode == "hidden" else _logits_loss
@@ -179,8 +198,9 @@ def loss_and_metrics(
     except NonFiniteLossError:  # NaN logits (e.g. diverged weights): this step is skipped
         return torch.tensor(float("nan"), device=state.device), {"reverse_kl": float("nan")}
     mask = rollouts.completion_mask
-    rkl = float(((student_lp.detach() - teacher_lp) * mask).sum() / mask.sum().clamp_min(1))
-    return loss, {"reverse_kl": rkl}
+    per_token = (student_lp.detach() - teacher_lp) * mask  # (B, T), 0 off the completion
+    rkl = float(per_token.sum() / mask.sum().clamp_min(1))
+    return loss, {"reverse_kl": rkl, "token_reverse_kl": per_token}
 
 
 def _logits_loss(state: TrainState, rollouts: Rollouts, scores: TeacherScores):

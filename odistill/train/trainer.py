@@ -52,11 +52,15 @@ from .steps import (
     gradient_sync,
     loss_and_metrics,
     make_rollouts,
+    sample_table,
     score,
     teacher_mode,
 )
 
-__all__ = ["distill", "DistillResult"]
+__all__ = ["distill", "DistillResult", "SAMPLES_PER_TABLE"]
+
+#: How many completions of a batch a history row's ``samples`` table holds (``log_samples_every``).
+SAMPLES_PER_TABLE = 4
 
 
 @dataclass
@@ -344,6 +348,9 @@ def accumulate_gradients(state: TrainState, step: int) -> tuple[dict, bool]:
             loss, metrics = loss_and_metrics(state, rollouts, scores)
             finite &= backward(state, loss, step_tokens)
         n = rollouts.num_completion_tokens
+        every = config.log_samples_every
+        if micro == 0 and every and step % every == 0 and "token_reverse_kl" in metrics:
+            row["samples"] = sample_table(rollouts, metrics["token_reverse_kl"], SAMPLES_PER_TABLE)
         row["on_policy"], row["source"] = rollouts.source == "student", rollouts.source
         row["loss"] += loss.item() / local_tokens
         row["reverse_kl"] += metrics["reverse_kl"] * n / local_tokens
