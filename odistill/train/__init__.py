@@ -2,9 +2,10 @@
 
     config       DistillConfig (help text and sections in field metadata), PRESETS
     schedules    learning-rate schedules (shared with the lab bench's SFT)
-    loggers      where the per-step history goes (progress bar, JSON lines, callbacks)
+    loggers      where the per-step history goes (progress bar, JSON lines, trackers, callbacks)
     data         prompts and reference completions from a dataset
     checkpoint   the one atomic folder writer, training checkpoints, resuming
+    lora         LoRA students through PEFT: wrap, save and restore the adapter, merge it
     runtime      the accelerator and the CPU thread policy
     steps        the named steps of one optimizer step and the TrainState they share
     trainer      distill(): set up, then a short loop of those steps

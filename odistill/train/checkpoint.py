@@ -7,6 +7,7 @@ checkpoint holds everything needed to continue to the same numbers::
 
     checkpoint-000050/
         config.json, model.safetensors, tokenizer files   (save_pretrained: loadable on their own)
+            (a LoRA run: adapter_config.json, adapter_model.safetensors: PEFT's format)
         trainer_state.pt      optimizer, scheduler, torch and Python random states, step
         trainer_state.json    step and the history so far (readable)
         distill_config.json   the DistillConfig of the run
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .config import DistillConfig
+from .lora import is_peft_model, load_adapter_weights
 
 __all__ = [
     "write_dir_atomically",
@@ -128,16 +130,19 @@ def load_training_checkpoint(
             "the run will not reproduce an uninterrupted one",
             stacklevel=3,
         )
-    weights = {}
-    for file in sorted(path.glob("*.safetensors")):
-        weights.update(load_file(file))
-    missing, unexpected = student.load_state_dict(weights, strict=False)
-    real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are saved once
-    if real_missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not fit this student: missing {real_missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    if is_peft_model(student):  # a LoRA run saved its adapter only, in PEFT's format
+        load_adapter_weights(student, path)
+    else:
+        weights = {}
+        for file in sorted(path.glob("*.safetensors")):
+            weights.update(load_file(file))
+        missing, unexpected = student.load_state_dict(weights, strict=False)
+        real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings: saved once
+        if real_missing or unexpected:
+            raise ValueError(
+                f"checkpoint {path} does not fit this student: missing {real_missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.random.set_rng_state(state["torch_rng"])

@@ -205,6 +205,19 @@ class DistillConfig:
         "that sampled the tokens (as TRL's trainers do)",
         "optimisation",
     )
+    lora_r: int = _option(
+        0,
+        "train LoRA adapters of this rank instead of the student's weights (PEFT; 0: full fine-tuning)",
+        "optimisation",
+    )
+    lora_alpha: float = _option(16.0, "LoRA scaling α (the adapters are scaled by α / r)", "optimisation")
+    lora_dropout: float = _option(0.0, "dropout on the LoRA adapters' inputs, in [0, 1)", "optimisation")
+    lora_target_modules: str | None = _option(
+        None,
+        "comma-separated module names the adapters wrap, e.g. 'q_proj,v_proj' (None: every linear layer but "
+        "the LM head, PEFT's 'all-linear')",
+        "optimisation",
+    )
     gradient_checkpointing: bool = _option(
         False,
         "recompute the student's activations in the backward pass instead of keeping them (less memory, "
@@ -331,7 +344,15 @@ class DistillConfig:
                 _is_int(getattr(self, name), 1),
                 f"{name} must be an integer >= 1, got {getattr(self, name)!r}",
             )
-        for name in ("top_k", "eval_every", "save_every", "warmup_steps", "seed", "log_samples_every"):
+        for name in (
+            "top_k",
+            "eval_every",
+            "save_every",
+            "warmup_steps",
+            "seed",
+            "log_samples_every",
+            "lora_r",
+        ):
             _need(
                 _is_int(getattr(self, name), 0),
                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}",
@@ -361,6 +382,30 @@ class DistillConfig:
         )
 
     def _validate_optimizer(self) -> None:
+        _need(
+            _is_number(self.lora_alpha) and self.lora_alpha > 0,
+            f"lora_alpha must be a number > 0, got {self.lora_alpha!r}",
+        )
+        _need(
+            _is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1,
+            f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}",
+        )
+        _need(
+            self.lora_target_modules is None
+            or (isinstance(self.lora_target_modules, str) and self.lora_target_modules.strip()),
+            "lora_target_modules must be None or a comma-separated string of module names, got "
+            f"{self.lora_target_modules!r}",
+        )
+        _need(
+            not (
+                self.lora_r
+                and self.fused_lm_head
+                and self.lora_target_modules
+                and "lm_head" in self.lora_target_modules
+            ),
+            "fused_lm_head=True reads the LM head's weight directly and cannot use a LoRA adapter on it: "
+            "leave lm_head out of lora_target_modules, or set fused_lm_head=False",
+        )
         _need(
             _is_number(self.weight_decay) and self.weight_decay >= 0,
             f"weight_decay must be >= 0, got {self.weight_decay!r}",

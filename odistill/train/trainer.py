@@ -42,6 +42,7 @@ from .checkpoint import (
 from .config import ConfigError, DistillConfig
 from .data import PromptSource
 from .loggers import make_loggers
+from .lora import apply_lora, lora_wraps_lm_head
 from .runtime import cpu_threads, make_accelerator
 from .schedules import make_scheduler
 from .steps import (
@@ -198,6 +199,12 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
         lm_head_of(
             student, vocab
         )  # a clear error before any work if the student's logits are not hidden @ W.T
+    student = apply_lora(student, config)
+    if config.fused_lm_head and lora_wraps_lm_head(student):
+        raise ConfigError(
+            "fused_lm_head=True reads the LM head's weight directly and cannot use the LoRA adapter on it: "
+            "leave the LM head out of the adapters, or set fused_lm_head=False"
+        )
     student.to(accelerator.device)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(student)
