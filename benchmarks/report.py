@@ -2,8 +2,8 @@
 
     python benchmarks/report.py [--dir benchmarks/results]
 
-Reads ``jsd.json``, ``step.json``, ``fused.json``, ``teacher_memory.json``, ``steps_to_target.json`` and
-``estimators.json``
+Reads ``jsd.json``, ``step.json``, ``fused.json``, ``teacher_memory.json``, ``steps_to_target.json``,
+``estimators.json`` and ``remote.json``
 from the folder (whichever exist) and writes ``results.md``, ``results.json`` (everything, merged),
 ``summary.md`` (the headline table alone, included by the docs' Performance page) and ``ratios.png``.
 Any ``extra_*.json`` with a ``title`` and a ``table_md`` is appended as a supplementary section.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from _common import RESULTS, fmt_stats, markdown_table
 
-PARTS = ("jsd", "step", "fused", "teacher_memory", "steps_to_target", "estimators")
+PARTS = ("jsd", "step", "fused", "teacher_memory", "steps_to_target", "estimators", "remote")
 #: The on-policy step's speed-up target (TRL time / odistill time): the lab-bench cases and the rest.
 STEP_TARGETS = {"tiny": 1.5, "permutations": 1.5}
 STEP_TARGET_DEFAULT = 2.0
@@ -164,6 +164,15 @@ def headline(data: dict) -> tuple[list[list[str]], list[dict]]:
                 {"min": min(lowest), "median": min(lowest), "max": min(lowest), "n": len(lowest)},
                 lambda v: v > 0,
             )
+    for case in (data.get("remote") or {}).get("cases", []):
+        if case["case"] == "vocab32k" and case["mode"] == "sampled":
+            target = data["remote"].get("target_32k_sampled", 1.3)
+            add(
+                "served teacher / local teacher step time, V = 32k, sampled (loopback)",
+                f"≤ {target:g}",
+                case.get("overhead_remote_over_local"),
+                lambda v, target=target: v <= target,
+            )
     return rows, records
 
 
@@ -255,6 +264,7 @@ def write_report(folder: Path = RESULTS) -> Path:
         "teacher_memory": "Teacher scoring memory",
         "steps_to_target": "Steps to 95 % of the teacher",
         "estimators": "The full and the sampled estimator on the lab bench (greedy-accuracy gain)",
+        "remote": "The teacher served over HTTP (odistill serve-teacher, loopback) vs in the training process",
     }
     for name in PARTS:
         if name in data:
