@@ -264,7 +264,7 @@ def write_report(folder: Path = RESULTS) -> Path:
         "teacher_memory": "Teacher scoring memory",
         "steps_to_target": "Steps to 95 % of the teacher",
         "estimators": "The full and the sampled estimator on the lab bench (greedy-accuracy gain)",
-        "remote": "The teacher served over HTTP (odistill serve-teacher, loopback) vs in the training process",
+        "remote": "A teacher served over HTTP (serve-teacher, loopback) vs one in the training process",
     }
     for name in PARTS:
         if name in data:
