@@ -35,8 +35,8 @@ docs-clean:
 
 # ruff: the lint rules and the formatting of pyproject.toml (line length 110); CI runs it before the tests.
 lint: setup
-	$(VENV)/bin/ruff check odistill tests benchmarks docs/_ext docs/conf.py scripts
-	$(VENV)/bin/ruff format --check odistill tests benchmarks docs/_ext docs/conf.py scripts
+	$(VENV)/bin/ruff check odistill tests benchmarks examples docs/_ext docs/conf.py scripts
+	$(VENV)/bin/ruff format --check odistill tests benchmarks examples docs/_ext docs/conf.py scripts
 
 # The lab-bench sweeps the notebooks load (notebooks/data/*.json): about 25 minutes on 2 CPU cores.
 experiments: setup
