@@ -12,6 +12,16 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
+def addition_models():
+    """(student, teacher, tokenizer): the lab bench's shipped addition checkpoints, loaded once."""
+    from odistill import load_model
+
+    teacher, tokenizer = load_model("addition-teacher")
+    student, _ = load_model("addition-student")
+    return student, teacher, tokenizer
+
+
+@pytest.fixture(scope="session")
 def char_tokenizer():
     return build_char_tokenizer("0123456789+=")
 

@@ -41,8 +41,8 @@ from odistill.train.config import ConfigError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def engine(models):
-    _, teacher, tokenizer = models
+def engine(addition_models):
+    _, teacher, tokenizer = addition_models
     # a small budget: a batch of rollouts is scored in several forward passes
     engine = ScoringEngine(teacher, tokenizer, name="addition-teacher", max_batch_tokens=256)
     yield engine
@@ -58,8 +58,8 @@ def url(engine):
 # -- the same scores --------------------------------------------------------------------------------
 
 
-def test_health_reports_model_vocabulary_and_tokenizer(url, models):
-    _, teacher, tokenizer = models
+def test_health_reports_model_vocabulary_and_tokenizer(url, addition_models):
+    _, teacher, tokenizer = addition_models
     remote = RemoteTeacher(url, tokenizer=tokenizer)
     assert remote.vocab_size == teacher.config.vocab_size
     assert remote.info["tokenizer"] == tokenizer_fingerprint(tokenizer)
@@ -67,9 +67,9 @@ def test_health_reports_model_vocabulary_and_tokenizer(url, models):
 
 
 @pytest.mark.parametrize("mode,k", [("sampled", None), ("topk", 1), ("topk", 5)])
-def test_remote_scores_equal_the_local_teacher(url, models, mode, k):
-    _, teacher, tokenizer = models
-    rollouts = rollouts_of(models)
+def test_remote_scores_equal_the_local_teacher(url, addition_models, mode, k):
+    _, teacher, tokenizer = addition_models
+    rollouts = rollouts_of(addition_models)
     assert rollouts.prompt_lengths.unique().numel() > 1  # rows of different widths (left padding)
     assert rollouts.completion_mask.sum(-1).unique().numel() > 1
     local = TeacherScorer(teacher).score(rollouts, mode, k=k)
@@ -85,10 +85,10 @@ def test_remote_scores_equal_the_local_teacher(url, models, mode, k):
         )
 
 
-def test_dataset_rollouts_and_split_requests(url, models):
+def test_dataset_rollouts_and_split_requests(url, addition_models):
     """Off-policy (dataset) rollouts with completions of different lengths score the same, and so does
     a batch sent in pieces (max_rows)."""
-    _, teacher, tokenizer = models
+    _, teacher, tokenizer = addition_models
     data = TASK.make_dataset(9, seed=3)
     completions = [r["answer"][: 1 + i % 4] for i, r in enumerate(data)]
     rollouts = rollouts_from_text(tokenizer, [r["prompt"] for r in data], completions)
@@ -101,11 +101,11 @@ def test_dataset_rollouts_and_split_requests(url, models):
     assert torch.allclose(scores.token_logprobs, local.token_logprobs, atol=1e-5, rtol=0)
 
 
-def test_concurrent_clients_each_get_their_own_scores(url, engine, models):
+def test_concurrent_clients_each_get_their_own_scores(url, engine, addition_models):
     """Two clients (threads, one connection each) send requests at once; the server batches them
     together, and every answer is the local teacher's for that client's own rollouts."""
-    _, teacher, tokenizer = models
-    batches = [rollouts_of(models, n=6, seed=s) for s in range(8)]
+    _, teacher, tokenizer = addition_models
+    batches = [rollouts_of(addition_models, n=6, seed=s) for s in range(8)]
     expected = [TeacherScorer(teacher).score(r, "sampled").token_logprobs for r in batches]
     clients = [RemoteTeacher(url, tokenizer=tokenizer) for _ in range(2)]
     served = dict(engine.served)
@@ -149,8 +149,8 @@ def fresh_student():
     [dict(estimator="sampled"), dict(teacher_top_k=4, lmbda=0.5)],
     ids=["sampled", "topk-full-estimator"],
 )
-def test_distill_with_a_remote_teacher_gives_the_local_losses(url, models, overrides):
-    _, teacher, tokenizer = models
+def test_distill_with_a_remote_teacher_gives_the_local_losses(url, addition_models, overrides):
+    _, teacher, tokenizer = addition_models
     data = TASK.make_dataset(200, seed=0)
     config = config_for(**overrides)
     local = distill(fresh_student(), teacher, tokenizer, data, config)
@@ -161,8 +161,8 @@ def test_distill_with_a_remote_teacher_gives_the_local_losses(url, models, overr
         assert math.isclose(a["reverse_kl"], b["reverse_kl"], abs_tol=1e-5)
 
 
-def test_a_config_that_needs_full_scores_is_refused_before_training(url, models):
-    _, _, tokenizer = models
+def test_a_config_that_needs_full_scores_is_refused_before_training(url, addition_models):
+    _, _, tokenizer = addition_models
     with pytest.raises(ConfigError, match="teacher_top_k"):
         distill(
             fresh_student(),
@@ -173,8 +173,8 @@ def test_a_config_that_needs_full_scores_is_refused_before_training(url, models)
         )
 
 
-def test_another_tokenizer_is_refused(url, models):
-    _, _, tokenizer = models
+def test_another_tokenizer_is_refused(url, addition_models):
+    _, _, tokenizer = addition_models
 
     class Renamed:  # the same size, one token renamed: other ids for some strings
         def __init__(self, tok):
@@ -225,8 +225,8 @@ def test_malformed_requests_get_a_4xx_that_says_what_was_wrong(url, body, status
     assert health["status"] == "ok"
 
 
-def test_oversized_requests_get_413(url, models):
-    _, teacher, tokenizer = models
+def test_oversized_requests_get_413(url, addition_models):
+    _, teacher, tokenizer = addition_models
     got, answer = post(url, "/v1/score", None, raw=b" " * (2**20 + 10))
     assert got == 413 and "at most" in answer["error"]
     # a sequence longer than one forward pass may hold (a server with a budget of 8 tokens)
@@ -236,7 +236,7 @@ def test_oversized_requests_get_413(url, models):
             got, answer = post(small_url, "/v1/score", {"sequences": [[1] * 9], "completion_starts": [1]})
             assert got == 413 and "--max-batch-tokens" in answer["error"]
             with pytest.raises(RemoteTeacherError, match="HTTP 413"):  # the client says so, no retry
-                RemoteTeacher(small_url).score(rollouts_of(models, n=2), "sampled")
+                RemoteTeacher(small_url).score(rollouts_of(addition_models, n=2), "sampled")
     finally:
         small.close()
 
@@ -246,8 +246,8 @@ def test_unknown_routes_and_methods_answer_json(url):
     assert got == 404 and "error" in answer
 
 
-def test_api_key_is_checked_on_every_request(engine, models):
-    _, _, tokenizer = models
+def test_api_key_is_checked_on_every_request(engine, addition_models):
+    _, _, tokenizer = addition_models
     with running(create_app(engine, api_key="s3cret")) as base:
         with pytest.raises(RemoteTeacherError, match="needs an API key"):
             RemoteTeacher(base)
@@ -256,7 +256,7 @@ def test_api_key_is_checked_on_every_request(engine, models):
         got, _ = post(base, "/v1/score", {"sequences": [[1, 2]], "completion_starts": [1]})
         assert got == 401
         remote = RemoteTeacher(base, api_key="s3cret", tokenizer=tokenizer)
-        rollouts = rollouts_of(models, n=3)
+        rollouts = rollouts_of(addition_models, n=3)
         assert remote.score(rollouts, "sampled").token_logprobs.shape == rollouts.completion_mask.shape
 
 
@@ -290,9 +290,9 @@ def start_server(port: int) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_server_killed_mid_run_leaves_a_checkpoint_that_resumes_to_the_uninterrupted_numbers(
-    tmp_path, models
+    tmp_path, addition_models
 ):
-    _, teacher, tokenizer = models
+    _, teacher, tokenizer = addition_models
     data = TASK.make_dataset(200, seed=0)
     config = config_for(steps=6, estimator="sampled", output_dir=str(tmp_path / "run"))
     reference = distill(fresh_student(), teacher, tokenizer, data, replace(config, output_dir=None))

@@ -79,20 +79,20 @@ def fake_vllm(teacher, tokenizer, *, name="org/teacher", max_logprobs=5):
 
 
 @pytest.fixture(scope="module")
-def vllm(models):
-    _, teacher, tokenizer = models
+def vllm(addition_models):
+    _, teacher, tokenizer = addition_models
     app, seen = fake_vllm(teacher, tokenizer)
     with running(app) as url:
         yield url, seen
 
 
 @pytest.mark.parametrize("mode,k", [("sampled", None), ("topk", 4)])
-def test_vllm_prompt_logprobs_give_the_local_scores(vllm, models, mode, k):
+def test_vllm_prompt_logprobs_give_the_local_scores(vllm, addition_models, mode, k):
     url, seen = vllm
-    _, teacher, tokenizer = models
+    _, teacher, tokenizer = addition_models
     remote = RemoteTeacher(url, protocol="vllm", tokenizer=tokenizer)
     assert remote.model == "org/teacher" and remote.vocab_size == len(tokenizer)
-    rollouts = rollouts_of(models)
+    rollouts = rollouts_of(addition_models)
     local = TeacherScorer(teacher).score(rollouts, mode, k=k)
     scores = remote.score(rollouts, mode, k=k)
     body = seen["bodies"][-1]
@@ -105,21 +105,21 @@ def test_vllm_prompt_logprobs_give_the_local_scores(vllm, models, mode, k):
         assert scores.topk_tail_logprob is None  # vLLM does not report it: the loss derives it
 
 
-def test_vllm_errors_are_clear(vllm, models):
+def test_vllm_errors_are_clear(vllm, addition_models):
     url, _ = vllm
-    _, _, tokenizer = models
+    _, _, tokenizer = addition_models
     with pytest.raises(ValueError, match="does not serve 'other/model'"):
         RemoteTeacher(url, protocol="vllm", model="other/model", tokenizer=tokenizer)
     with pytest.raises(ValueError, match="vocab_size= or tokenizer="):
         RemoteTeacher(url, protocol="vllm")
     remote = RemoteTeacher(url, protocol="vllm", tokenizer=tokenizer)
     with pytest.raises(RemoteTeacherError, match="HTTP 400.*max 5"):
-        remote.score(rollouts_of(models, n=2), "topk", k=6)
+        remote.score(rollouts_of(addition_models, n=2), "topk", k=6)
 
 
-def test_a_vllm_teacher_with_another_tokenizer_is_refused(vllm, models):
+def test_a_vllm_teacher_with_another_tokenizer_is_refused(vllm, addition_models):
     url, _ = vllm
-    _, _, tokenizer = models
+    _, _, tokenizer = addition_models
 
     class Shifted:  # ids off by one from the server's
         def __call__(self, text, add_special_tokens=True):
