@@ -76,6 +76,7 @@ PAGES = [
     "api/index",
     "performance",
     "references",
+    "changelog",
 ]
 SHOT_ROUTE = "/__figure_shot__"  # a test-only wrapper page (never written to the site), see _Handler
 
