@@ -14,7 +14,12 @@ One GPU::
 
 Several GPUs on one machine (data parallel; each process samples its own share of the batch)::
 
-    accelerate launch --num_processes 4 examples/distill_qwen.py --teacher … --student … --dataset …
+    accelerate launch --config_file configs/accelerate/ddp.yaml examples/distill_qwen.py --teacher … ...
+
+A student too big to replicate: shard it with FSDP2 (weights, gradients and Adam state split across the
+GPUs; ``--fsdp-shard-teacher`` shards the teacher as well)::
+
+    accelerate launch --config_file configs/accelerate/fsdp.yaml examples/distill_qwen.py --teacher … ...
 
 Bigger students: ``--lora-r 16 --gradient-checkpointing``. A teacher on another machine: start
 ``odistill serve-teacher --model Qwen/Qwen2.5-7B-Instruct --device cuda --dtype bfloat16`` there and pass
@@ -27,13 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 import odistill as od
-from odistill.train.lora import merge_lora
 
 
 def parse_args(argv=None):
@@ -51,6 +56,11 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None, help="gpu preset: 1e-5 (LoRA: try 1e-4)")
     p.add_argument("--lora-r", type=int, default=0, help="train LoRA adapters of this rank (0: all weights)")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--fsdp-shard-teacher",
+        action="store_true",
+        help="under an FSDP accelerate config, shard the teacher too (default: every process holds it)",
+    )
     p.add_argument("--report-to", default="jsonl", help="comma-separated: jsonl, tensorboard, wandb, trackio")
     p.add_argument("--output-dir", default="runs/qwen-opd")
     p.add_argument("--save-every", type=int, default=100)
@@ -97,6 +107,7 @@ def main(argv=None) -> int:
         steps=args.steps,
         lora_r=args.lora_r,
         gradient_checkpointing=args.gradient_checkpointing,
+        fsdp_shard_teacher=args.fsdp_shard_teacher,
         report_to=tuple(n for n in args.report_to.split(",") if n),
         output_dir=args.output_dir,
         save_every=args.save_every,
@@ -106,17 +117,18 @@ def main(argv=None) -> int:
         log_samples_every=max(1, args.steps // 10),
     )
     dataset = load_prompts(args.dataset, args.split, args.max_samples)
-    print(
-        f"{config.describe()} · {len(dataset)} prompts · student {args.student} · teacher "
-        f"{args.teacher_url or args.teacher}",
-        flush=True,
-    )
+    main_process = os.environ.get("RANK", "0") == "0"  # under a launcher, only the main process reports
+    if main_process:
+        print(
+            f"{config.describe()} · {len(dataset)} prompts · student {args.student} · teacher "
+            f"{args.teacher_url or args.teacher}",
+            flush=True,
+        )
     result = od.distill(
         student, teacher, tokenizer, dataset, config, resume_from=args.output_dir if args.resume else None
     )
     final = Path(args.output_dir) / "final"
-    merge_lora(result.student).save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    od.save_student(result.student, final, tokenizer)  # every process calls it; LoRA merged, FSDP gathered
     steps = [row for row in result.history if "loss" in row]
     summary = {
         "steps": len(steps),
@@ -124,8 +136,10 @@ def main(argv=None) -> int:
         "reverse_kl_first": steps[0]["reverse_kl"] if steps else None,
         "reverse_kl_last": steps[-1]["reverse_kl"] if steps else None,
         "saved": str(final),
+        "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
     }
-    print(json.dumps(summary))
+    if main_process:
+        print(json.dumps(summary))
     return 0
 
 

@@ -53,6 +53,7 @@ _EXPORTS = {
     **dict.fromkeys(("distillation_loss", "sampled_token_loss"), "odistill.core.loss"),
     **dict.fromkeys(("DistillConfig", "ConfigError", "PRESETS"), "odistill.train.config"),
     **dict.fromkeys(("distill", "DistillResult"), "odistill.train.trainer"),
+    "save_student": "odistill.train.checkpoint",
     "DatasetError": "odistill.train.data",
     **dict.fromkeys(("Task", "get_task", "list_tasks"), "odistill.bench.tasks"),
     "build_char_tokenizer": "odistill.bench.tokenizer",

@@ -26,6 +26,30 @@ def char_tokenizer():
     return build_char_tokenizer("0123456789+=")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a launcher's rendezvous or a test server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_processes(script, *args, timeout: float = 240):
+    """Run ``script args…`` under ``torchrun --nproc_per_node 2`` on 127.0.0.1 (one CPU thread each) and
+    return the finished process; fails the test with the output's tail if it did not exit cleanly."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr"]
+    cmd += ["127.0.0.1", "--master_port", str(free_port()), str(script), *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def make_tiny_llama(
     vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 1, max_positions: int = 64
 ):

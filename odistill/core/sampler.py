@@ -12,7 +12,10 @@ rest of odistill sees the same :class:`~odistill.core.rollouts.Rollouts` either 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -37,7 +40,38 @@ __all__ = [
     "BACKENDS",
     "InverseCDFSampler",
     "inverse_cdf_draw",
+    "stop_together",
 ]
+
+#: While set (:func:`stop_together`): turns "this process's rows have all finished" into "every process's
+#: have", for sharded models whose forward passes are collectives.
+_STOP_TOGETHER: contextvars.ContextVar[Callable[[bool], bool] | None] = contextvars.ContextVar(
+    "odistill_stop_together", default=None
+)
+
+
+@contextlib.contextmanager
+def stop_together(everyone_finished: Callable[[bool], bool]):
+    """Sample so that every process runs the same number of forward passes.
+
+    A model sharded across processes (FSDP, DeepSpeed ZeRO-3) gathers its weights inside each forward
+    pass, with every process taking part; a process whose rows all ended early would stop calling the
+    model and leave the others waiting forever. Inside this block the decode loop asks
+    ``everyone_finished(mine)`` (an all-reduce: True once every process's rows have finished) instead of
+    stopping on its own, and the ``"hf-generate"`` backend passes ``synced_gpus=True`` to ``generate``.
+    Rows that ended keep receiving the pad token, so the samples are the same as without it.
+    """
+    token = _STOP_TOGETHER.set(everyone_finished)
+    try:
+        yield
+    finally:
+        _STOP_TOGETHER.reset(token)
+
+
+def _all_finished(finished: torch.Tensor) -> bool:
+    together = _STOP_TOGETHER.get()
+    mine = bool(finished.all())
+    return mine if together is None else bool(together(mine))
 
 
 class SamplerBackend(Protocol):
@@ -180,6 +214,7 @@ class HFGenerateBackend:
             return_dict_in_generate=True,
         )
         config = GenerationConfig(**params)
+        synced = {"synced_gpus": True} if _STOP_TOGETHER.get() is not None else {}
         sampler = None if greedy else InverseCDFSampler(temperature, top_k, top_p)
         saved = model.generation_config
         model.generation_config = GenerationConfig()  # no checkpoint defaults leak into the sampler
@@ -189,6 +224,7 @@ class HFGenerateBackend:
                 attention_mask=prompt_attention_mask,
                 generation_config=config,
                 logits_processor=LogitsProcessorList([sampler] if sampler else []),
+                **synced,
             )
         finally:
             model.generation_config = saved
@@ -324,7 +360,7 @@ class DecodeLoopBackend:
             tokens.append(token)
             logprobs.append(logprob)
             finished = finished | torch.isin(token, stop_ids)
-            if t == max_new_tokens - 1 or bool(finished.all()):
+            if t == max_new_tokens - 1 or _all_finished(finished):
                 break
             if draw.warpers:  # only the warpers read the sequence so far (the transformers signature)
                 sequence = torch.cat([sequence, token[:, None]], dim=1)

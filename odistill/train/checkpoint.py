@@ -9,6 +9,7 @@ checkpoint holds everything needed to continue to the same numbers::
         config.json, model.safetensors, tokenizer files   (save_pretrained: loadable on their own)
             (a LoRA run: adapter_config.json, adapter_model.safetensors: PEFT's format)
         trainer_state.pt      optimizer, scheduler, torch and Python random states, step
+                              (an FSDP run: the optimizer state keyed by parameter name, unsharded)
         trainer_state.json    step and the history so far (readable)
         distill_config.json   the DistillConfig of the run
 """
@@ -28,12 +29,14 @@ import torch
 
 from .config import DistillConfig
 from .lora import is_peft_model, load_adapter_weights
+from .sharding import full_state_dict, is_sharded, load_full_state
 
 __all__ = [
     "write_dir_atomically",
     "save_training_checkpoint",
     "load_training_checkpoint",
     "latest_checkpoint",
+    "save_student",
 ]
 
 STATE_FILE = "trainer_state.pt"
@@ -90,16 +93,24 @@ def save_training_checkpoint(
     step: int,
     history: list[dict],
     rngs: dict,
+    weights: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
-    """Write a training checkpoint (see the module docstring) atomically to ``path``."""
+    """Write a training checkpoint (see the module docstring) atomically to ``path``.
+
+    ``weights`` / ``optimizer_state``: the full state of a sharded student, gathered beforehand
+    (:func:`odistill.train.sharding.full_state_dict`, ``full_optimizer_state``); the optimizer state is
+    then keyed by parameter name. By default the student's and the optimizer's own state dicts are saved.
+    """
 
     def write(tmp: Path):
         with quiet_transformers():
-            student.save_pretrained(tmp)
+            student.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                "optimizer_keys": "index" if optimizer_state is None else "name",
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.random.get_rng_state(),
                 "python_rngs": {name: r.getstate() for name, r in rngs.items()},
@@ -130,7 +141,14 @@ def load_training_checkpoint(
             "the run will not reproduce an uninterrupted one",
             stacklevel=3,
         )
-    if is_peft_model(student):  # a LoRA run saved its adapter only, in PEFT's format
+    by_name = state.get("optimizer_keys") == "name"
+    if is_sharded(student) or by_name:  # FSDP on either side: full state in, each process keeps its shard
+        weights = {}
+        for file in sorted(path.glob("*.safetensors")):
+            weights.update(load_file(file))
+        named = state["optimizer"] if by_name else _keyed_by_name(state["optimizer"], student)
+        load_full_state(student, weights, optimizer, named)
+    elif is_peft_model(student):  # a LoRA run saved its adapter only, in PEFT's format
         load_adapter_weights(student, path)
     else:
         weights = {}
@@ -143,13 +161,31 @@ def load_training_checkpoint(
                 f"checkpoint {path} does not fit this student: missing {real_missing[:5]}, "
                 f"unexpected {unexpected[:5]}"
             )
-    optimizer.load_state_dict(state["optimizer"])
+    if not (is_sharded(student) or by_name):
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.random.set_rng_state(state["torch_rng"])
     for name, rng in rngs.items():
         rng.setstate(state["python_rngs"][name])
     history = json.loads((path / HISTORY_FILE).read_text())["history"]
     return int(state["step"]) + 1, history
+
+
+def _keyed_by_name(optimizer_state: dict, student) -> dict:
+    """An optimizer state dict keyed by parameter index (``optimizer.state_dict()``) re-keyed by parameter
+    name, the form FSDP's loaders take: the optimizer's parameters are the student's trainable ones, in
+    order."""
+    names = [name for name, p in student.named_parameters() if p.requires_grad]
+    groups = optimizer_state["param_groups"]
+    if sum(len(g["params"]) for g in groups) != len(names):
+        raise ValueError(
+            f"the checkpoint's optimizer has {sum(len(g['params']) for g in groups)} parameters, this "
+            f"student {len(names)} trainable ones: it was written for another model"
+        )
+    return {
+        "state": {names[i]: value for i, value in optimizer_state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups],
+    }
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
@@ -179,3 +215,30 @@ def latest_checkpoint(path: str | Path) -> Path:
             f"{STATE_FILE}) or an output_dir holding checkpoint-NNNNNN folders"
         )
     return candidates[-1]
+
+
+def save_student(student, path, tokenizer=None, *, merge_lora: bool = True) -> None:
+    """Write the trained student to ``path`` with ``save_pretrained`` (and the tokenizer), atomically.
+
+    Works the same in one process, under data parallelism and under FSDP: call it on **every** process;
+    under FSDP the full weights are gathered first (a collective), and only the main process writes.
+    A LoRA student is merged into its base weights first unless ``merge_lora=False`` (then the adapter
+    is written, in PEFT's format).
+    """
+    from .lora import merge_lora as merge
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    main = not distributed or torch.distributed.get_rank() == 0
+    weights = full_state_dict(student) if is_sharded(student) else None
+    if main:
+        model = student if weights is not None or not merge_lora else merge(student)
+
+        def write(tmp):
+            with quiet_transformers():
+                model.save_pretrained(tmp, state_dict=weights)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp)
+
+        write_dir_atomically(path, write)
+    if distributed:
+        torch.distributed.barrier()

@@ -224,6 +224,19 @@ class DistillConfig:
         "about one more forward pass of compute); sampling keeps its KV cache",
         "optimisation",
     )
+    fsdp: bool = _option(
+        False,
+        "shard the student's weights, gradients and optimizer state across the processes (FSDP2, "
+        "torch's fully_shard; also on when accelerate launches with an FSDP config): see "
+        "odistill.train.sharding",
+        "optimisation",
+    )
+    fsdp_shard_teacher: bool = _option(
+        False,
+        "with FSDP, shard the teacher too (for a teacher too big for one device); by default every process "
+        "holds the whole teacher",
+        "optimisation",
+    )
     steps: int = _option(200, "student optimizer steps", "optimisation")
     # bookkeeping
     eval_every: int = _option(0, "evaluate every N steps (0: only before and after training)", "bookkeeping")
@@ -366,7 +379,7 @@ class DistillConfig:
         ):
             v = getattr(self, name)
             _need(v is None or _is_int(v, 1), f"{name} must be an integer >= 1 or None, got {v!r}")
-        for name in ("seq_kd", "fused_lm_head", "progress", "disable_dropout"):
+        for name in ("seq_kd", "fused_lm_head", "progress", "disable_dropout", "fsdp", "fsdp_shard_teacher"):
             _need(
                 isinstance(getattr(self, name), bool),
                 f"{name} must be True or False, got {getattr(self, name)!r}",

@@ -22,7 +22,7 @@ import os
 
 import torch
 
-__all__ = ["SMALL_MODEL_PARAMETERS", "choose_threads", "cpu_threads", "make_accelerator"]
+__all__ = ["SMALL_MODEL_PARAMETERS", "check_launch", "choose_threads", "cpu_threads", "make_accelerator"]
 
 #: Models (student and teacher together) up to this many parameters run on one CPU thread by default.
 SMALL_MODEL_PARAMETERS = 20_000_000
@@ -77,3 +77,18 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no"):
     ):
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
+def check_launch(accelerator) -> None:
+    """Refuse a launch whose processes do not form one job.
+
+    ``accelerate launch`` with a GPU config (``use_cpu: false``) on a machine without a GPU starts N
+    processes that each train alone, from the same seed, on the same prompts: N copies of one run.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"this process was launched as one of {world} (WORLD_SIZE={world}), but it trains alone: "
+            "accelerate found no GPU for its config. On a CPU machine set use_cpu: true in the accelerate "
+            "config (or pass --cpu to accelerate launch); on a GPU machine check that torch sees the GPUs"
+        )

@@ -28,11 +28,12 @@ from ..core.forward import completion_hidden, completion_logits, lm_head_of
 from ..core.fused import fused_linear_divergence
 from ..core.loss import distillation_loss, sampled_token_loss
 from ..core.rollouts import Rollouts, rollouts_from_text
-from ..core.sampler import sample
+from ..core.sampler import sample, stop_together
 from ..core.teacher import Teacher, TeacherScores
 from ..core.tensor_ops import NonFiniteLossError, token_log_probs
 from .config import DistillConfig
 from .data import PromptSource
+from .sharding import gradient_sync_fsdp, total_norm
 
 __all__ = [
     "TrainState",
@@ -78,6 +79,21 @@ class TrainState:
     first_step: int = 1
     warned_clipped: bool = False
     step_start: tuple | None = None
+    sharded: bool = False
+
+    def sampling_together(self):
+        """The context of anything that runs the models' forward passes a data-dependent number of times
+        (sampling, evaluation): with FSDP every process keeps calling the model until all are done
+        (:func:`odistill.core.sampler.stop_together`); otherwise nothing."""
+        if not self.sharded or self.accelerator.num_processes == 1:
+            return contextlib.nullcontext()
+        world = self.accelerator.num_processes
+
+        def everyone_finished(mine: bool) -> bool:
+            done = self.accelerator.reduce(torch.tensor(float(mine), device=self.device), reduction="sum")
+            return float(done) == world
+
+        return stop_together(everyone_finished)
 
     def mark_step_start(self, step: int) -> None:
         """Remember the random states with which ``step`` begins."""
@@ -141,9 +157,11 @@ def make_rollouts(state: TrainState, step: int, micro: int) -> Rollouts:
         seed=config.seed * 1_000_003 + (step * config.grad_accum + micro) * world + rank,
     )
     if on_policy:
-        return sample(state.student, state.tokenizer, prompts, source="student", **sampling)
+        with state.sampling_together():
+            return sample(state.student, state.tokenizer, prompts, source="student", **sampling)
     if config.seq_kd:
-        return state.teacher.sample(state.tokenizer, prompts, **sampling).to(state.device)
+        with state.sampling_together():
+            return state.teacher.sample(state.tokenizer, prompts, **sampling).to(state.device)
     return rollouts_from_text(
         state.tokenizer, prompts, completions, max_prompt_length=config.max_prompt_length
     ).to(state.device)
@@ -271,6 +289,8 @@ def gradient_sync(state: TrainState, *, last: bool):
     """The context of one micro-batch's forward and backward passes: gradients are all-reduced across
     processes only on the last micro-batch of a step (``no_sync`` before it). The forward pass must run
     inside it too, or DistributedDataParallel synchronises anyway."""
+    if state.sharded:
+        return gradient_sync_fsdp(state.model, sync=last)
     return contextlib.nullcontext() if last else state.accelerator.no_sync(state.model)
 
 
@@ -295,7 +315,11 @@ def apply_update(state: TrainState, finite: bool, step: int) -> tuple[bool, floa
     Returns ``(applied, grad_norm)``. A skipped update warns; the gradient is cleared either way.
     """
     config, accelerator = state.config, state.accelerator
-    grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), config.max_grad_norm or float("inf"))
+    limit = config.max_grad_norm or float("inf")
+    if state.sharded:  # the norm over every shard (a collective), as a plain tensor
+        grad_norm = total_norm(torch.nn.utils.clip_grad_norm_(state.params, limit))
+    else:
+        grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), limit)
     # every process must reach the same decision: apply only if all losses and the gradient are finite
     finite_everywhere = accelerator.reduce(torch.tensor(float(finite), device=state.device), reduction="sum")
     applied = float(finite_everywhere) == accelerator.num_processes and bool(torch.isfinite(grad_norm))

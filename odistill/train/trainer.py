@@ -43,8 +43,14 @@ from .config import ConfigError, DistillConfig
 from .data import PromptSource
 from .loggers import make_loggers
 from .lora import apply_lora, lora_wraps_lm_head
-from .runtime import cpu_threads, make_accelerator
+from .runtime import check_launch, cpu_threads, make_accelerator
 from .schedules import make_scheduler
+from .sharding import (
+    fsdp_settings,
+    full_optimizer_state,
+    full_state_dict,
+    shard_model,
+)
 from .steps import (
     TrainState,
     apply_update,
@@ -193,8 +199,16 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
     if callable(getattr(teacher, "check_tokenizer", None)):  # e.g. a served teacher: same token ids?
         teacher.check_tokenizer(tokenizer)
     accelerator = make_accelerator(config.device, config.mixed_precision)
+    check_launch(accelerator)
+    sharding = fsdp_settings(config, accelerator)
     torch.manual_seed(config.seed + accelerator.process_index)
     teacher = _as_teacher(teacher, config, vocab, accelerator.device)
+    if sharding is not None and sharding.shard_teacher:
+        if not isinstance(getattr(teacher, "model", None), torch.nn.Module):
+            raise ConfigError(
+                f"fsdp_shard_teacher=True shards a local teacher model; {type(teacher).__name__} holds none"
+            )
+        shard_model(teacher.model, sharding, accelerator.device, config.mixed_precision)
     if config.fused_lm_head:
         lm_head_of(
             student, vocab
@@ -211,6 +225,8 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
     if config.disable_dropout:
         disable_dropout(student)
     student.train()
+    if sharding is not None:  # in place: the parameters become this process's shards (DTensors)
+        shard_model(student, sharding, accelerator.device, config.mixed_precision)
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the student has no trainable parameters (every requires_grad is False)")
@@ -219,7 +235,10 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
     )
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.steps, config.warmup_steps)
     # the scheduler stays unprepared: accelerate would step it once per process
-    model, optimizer = accelerator.prepare(student, optimizer)
+    if sharding is None:
+        model, optimizer = accelerator.prepare(student, optimizer)
+    else:  # already sharded: accelerate must not wrap it again (in DDP)
+        model, optimizer = student, accelerator.prepare(optimizer)
     state = TrainState(
         config=config,
         accelerator=accelerator,
@@ -233,8 +252,9 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
         scheduler=scheduler,
         params=params,
         coin=random.Random(config.seed),  # identical on every process: all agree on on/off-policy
-        picker=random.Random(config.seed + 1),
-    )  # identical everywhere: disjoint slices of one batch
+        picker=random.Random(config.seed + 1),  # identical everywhere: disjoint slices of one batch
+        sharded=sharding is not None,
+    )
     if resume_from is not None:
         state.first_step, state.history = load_training_checkpoint(
             latest_checkpoint(resume_from),
@@ -385,10 +405,11 @@ def maybe_eval(state: TrainState, row: dict, eval_fn) -> dict:
     metrics to ``row`` as ``eval/<key>`` (main process only); returns ``row``."""
     config, step = state.config, row["step"]
     due = step in (0, config.steps) or (config.eval_every and step % config.eval_every == 0)
-    if eval_fn is not None and due and state.accelerator.is_main_process:
+    # a sharded student's forward pass needs every process: then all of them evaluate
+    if eval_fn is not None and due and (state.accelerator.is_main_process or state.sharded):
         was_training = state.student.training
         state.student.eval()
-        with torch.no_grad():
+        with torch.no_grad(), state.sampling_together():
             metrics = eval_fn(state.student)
         state.student.train(was_training)
         row.update({f"eval/{k}": v for k, v in metrics.items()})
@@ -404,9 +425,11 @@ def log(state: TrainState, row: dict, loggers, *, record: bool = True) -> None:
 
 
 def maybe_checkpoint(state: TrainState, step: int) -> None:
-    """Write ``output_dir/checkpoint-NNNNNN`` every ``save_every`` steps (main process only)."""
+    """Write ``output_dir/checkpoint-NNNNNN`` every ``save_every`` steps (the main process writes; with
+    FSDP every process first takes part in gathering the full state)."""
     config = state.config
-    if config.save_every and step % config.save_every == 0 and state.accelerator.is_main_process:
+    writes = state.accelerator.is_main_process or state.sharded
+    if config.save_every and step % config.save_every == 0 and writes:
         _save(state, step)
 
 
@@ -417,6 +440,15 @@ def checkpoint_on_interrupt(state: TrainState, reason: str = "interrupted") -> N
     done = (
         state.history[-1]["step"] if state.history and "loss" in state.history[-1] else state.first_step - 1
     )
+    if state.sharded and state.config.output_dir and done >= state.first_step:
+        # gathering a sharded state needs every process, and this failure may have reached only this one
+        warnings.warn(
+            f"{reason}: with FSDP no checkpoint is written on a failure (gathering the sharded state needs "
+            "every process); resume from the newest periodic checkpoint in "
+            f"{str(state.config.output_dir)!r} (save_every)",
+            stacklevel=3,
+        )
+        return
     if state.config.output_dir and state.accelerator.is_main_process and done >= state.first_step:
         state.rewind_to_step_start(done + 1)
         target = _save(state, done)
@@ -428,10 +460,22 @@ def checkpoint_on_interrupt(state: TrainState, reason: str = "interrupted") -> N
 
 
 def _save(state: TrainState, step: int) -> Path:
-    """Write the checkpoint of ``step``, then drop the oldest beyond ``save_total_limit``."""
-    path = save_training_checkpoint(
-        Path(state.config.output_dir) / f"checkpoint-{step:06d}",
+    """Write the checkpoint of ``step``, then drop the oldest beyond ``save_total_limit``. With FSDP this
+    runs on every process: all gather the full weights and optimizer state, the main process writes."""
+    path = Path(state.config.output_dir) / f"checkpoint-{step:06d}"
+    if state.sharded:
+        weights = full_state_dict(state.student)
+        optimizer_state = full_optimizer_state(state.student, state.optimizer)
+        if not state.accelerator.is_main_process:
+            state.accelerator.wait_for_everyone()
+            return path
+    else:
+        weights = optimizer_state = None
+    save_training_checkpoint(
+        path,
         student=state.student,
+        weights=weights,
+        optimizer_state=optimizer_state,
         tokenizer=state.tokenizer,
         optimizer=state.optimizer,
         scheduler=state.scheduler,
@@ -442,4 +486,6 @@ def _save(state: TrainState, step: int) -> Path:
     )
     if state.config.save_total_limit is not None:
         prune_checkpoints(state.config.output_dir, state.config.save_total_limit)
+    if state.sharded:
+        state.accelerator.wait_for_everyone()
     return path

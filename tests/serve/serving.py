@@ -5,22 +5,16 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import socket
 import threading
 import time
 
 import uvicorn
+from conftest import free_port
 
 from odistill.bench.tasks import get_task
 from odistill.core.sampler import sample
 
 TASK = get_task("addition")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

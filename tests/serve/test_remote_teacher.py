@@ -24,6 +24,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
 
+from conftest import run_two_processes  # noqa: E402
 from serving import TASK, free_port, post, rollouts_of, running  # noqa: E402
 
 from odistill import DistillConfig, distill, load_model  # noqa: E402
@@ -362,20 +363,8 @@ def test_only_loopback_addresses_count_as_private():
 def test_two_torchrun_processes_share_one_server(url, engine, tmp_path):
     """Two training processes (gloo) score through one server at once: each gets its own rows right."""
     script = Path(__file__).parents[1] / "scripts" / "ddp_remote.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += [
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(script),
-        str(tmp_path),
-        url,
-    ]
     served = dict(engine.served)
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_two_processes(script, tmp_path, url, timeout=300)
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
     for r in (r0, r1):
         assert len(r["differences"]) == 3 and max(r["differences"]) <= 1e-5

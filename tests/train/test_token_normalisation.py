@@ -134,20 +134,12 @@ def test_two_processes_of_8_give_the_gradient_of_one_process_of_16(
 ):
     """gloo, two CPU processes: DDP averages the processes' gradients; each scales its share so that the
     result is the mean over all 16 rows' tokens, whatever each process's token count."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    from test_distributed import _free_port
-
     script = Path(__file__).parents[1] / "scripts" / "ddp_grads.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr"]
-    cmd += ["127.0.0.1", "--master_port", str(_free_port()), str(script), str(tmp_path), estimator]
-    cmd += ["fused" if fused else "logits"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from conftest import run_two_processes
+
+    run_two_processes(script, tmp_path, estimator, "fused" if fused else "logits")
     reference = _reference_grads(char_tokenizer, estimator)
     for rank in range(2):
         saved = torch.load(tmp_path / f"grads-rank{rank}.pt")
