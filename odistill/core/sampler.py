@@ -30,6 +30,7 @@ from .rollouts import (
     render_prompts,
     resolve_special_ids,
 )
+from .vllm_sampler import VLLMBackend
 
 __all__ = [
     "sample",
@@ -378,7 +379,12 @@ class DecodeLoopBackend:
 
 #: Registered sampling backends, by name: ``"hf"`` (the default) calls a Hugging Face model directly in
 #: odistill's decode loop; ``"hf-generate"`` samples with ``model.generate``. Both draw the same tokens.
-BACKENDS: dict[str, SamplerBackend] = {"hf": DecodeLoopBackend(), "hf-generate": HFGenerateBackend()}
+#: ``"vllm"`` samples with a colocated vLLM engine on a GPU (:mod:`odistill.core.vllm_sampler`).
+BACKENDS: dict[str, SamplerBackend] = {
+    "hf": DecodeLoopBackend(),
+    "hf-generate": HFGenerateBackend(),
+    "vllm": VLLMBackend(),  # builds its engine (and imports vllm) on first use only
+}
 
 
 def sample(
@@ -515,7 +521,10 @@ def _generate(model, ids, attn, seed, backend, **options):
         with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            completion, logprobs = BACKENDS[backend].generate(model, ids, attn, **options)
+            chosen = BACKENDS[backend]
+            if getattr(chosen, "takes_seed", False):  # e.g. vLLM: it does not draw from torch's RNG
+                options = {**options, "seed": seed}
+            completion, logprobs = chosen.generate(model, ids, attn, **options)
     finally:
         model.train(was_training)
     return completion, logprobs

@@ -101,6 +101,11 @@ def fsdp_settings(config: DistillConfig, accelerator) -> FSDPSettings | None:
             "fused_lm_head=True reads the student's LM-head weight outside its forward pass, where FSDP "
             "holds only this process's shard: set fused_lm_head=False with FSDP"
         )
+    if config.sampler_backend == "vllm":
+        raise ConfigError(
+            "sampler_backend='vllm' loads the student's full weights into an engine in every process, "
+            "which FSDP does not hold: use sampler_backend='hf' with FSDP, or data parallelism with vLLM"
+        )
     if config.lora_r:
         raise ConfigError(
             "LoRA students are not sharded with FSDP here: their trainable state is small, so run them "

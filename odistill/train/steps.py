@@ -28,7 +28,7 @@ from ..core.forward import completion_hidden, completion_logits, lm_head_of
 from ..core.fused import fused_linear_divergence
 from ..core.loss import distillation_loss, sampled_token_loss
 from ..core.rollouts import Rollouts, rollouts_from_text
-from ..core.sampler import sample, stop_together
+from ..core.sampler import BACKENDS, sample, stop_together
 from ..core.teacher import Teacher, TeacherScores
 from ..core.tensor_ops import NonFiniteLossError, token_log_probs
 from .config import DistillConfig
@@ -326,6 +326,9 @@ def apply_update(state: TrainState, finite: bool, step: int) -> tuple[bool, floa
     if applied:
         state.optimizer.step()
         state.scheduler.step()
+        changed = getattr(BACKENDS[config.sampler_backend], "weights_changed", None)
+        if callable(changed):  # a backend with its own copy of the weights (vLLM) syncs before sampling
+            changed(state.student)
     else:
         warnings.warn(
             f"step {step}: the loss or its gradient is not finite; the update was skipped "

@@ -33,6 +33,7 @@ from ..core.forward import disable_dropout, lm_head_of
 from ..core.remote import TeacherUnavailableError
 from ..core.rollouts import resolve_special_ids
 from ..core.teacher import TeacherScorer, check_vocab_compatible, vocab_size_of
+from ..core.vllm_sampler import check_vllm_available
 from .checkpoint import (
     latest_checkpoint,
     load_training_checkpoint,
@@ -201,6 +202,13 @@ def setup(student, teacher, tokenizer, dataset, config: DistillConfig, resume_fr
     accelerator = make_accelerator(config.device, config.mixed_precision)
     check_launch(accelerator)
     sharding = fsdp_settings(config, accelerator)
+    if config.sampler_backend == "vllm":
+        if config.lora_r:
+            raise ConfigError(
+                "sampler_backend='vllm' syncs the student's plain weights into its engine; a LoRA student "
+                "would need its adapters merged every step: use sampler_backend='hf' with lora_r"
+            )
+        check_vllm_available()  # installed, and a GPU: else a clear error before any work
     torch.manual_seed(config.seed + accelerator.process_index)
     teacher = _as_teacher(teacher, config, vocab, accelerator.device)
     if sharding is not None and sharding.shard_teacher:
