@@ -8,7 +8,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup lint docs docs-clean notebooks experiments
+.PHONY: demo test setup lint docs docs-teacher docs-clean notebooks experiments
 
 # dev: tests and notebooks; docs: Sphinx + myst-nb, so that `make test` also builds and checks the site.
 setup:
@@ -29,6 +29,12 @@ docs: setup
 	@rm -rf docs/_build/html; start=$$(date +%s); \
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html && \
 	echo "[docs] built docs/_build/html/index.html in $$(( $$(date +%s) - start )) s"
+
+# The teacher's site: the exercise notebooks with their solutions and hidden tests, and solutions.ipynb.
+docs-teacher: setup
+	@rm -rf docs/_build/teacher; ODISTILL_DOCS_TEACHER=1 $(VENV)/bin/sphinx-build -W --keep-going -b html \
+	    docs docs/_build/teacher && echo "[docs] built docs/_build/teacher/index.html (with solutions)"; \
+	rm -rf docs/notebooks  # the next student build mirrors the learners' versions again
 
 docs-clean:
 	rm -rf docs/_build docs/cli.md docs/exercises.md docs/notebooks

@@ -71,6 +71,7 @@ PAGES = [
     "remote_teacher",
     "notebooks",
     "exercises",
+    "teaching",
     "architecture",
     "cli",
     "api/index",
@@ -257,8 +258,23 @@ def _page_of(notebook: Path) -> str:
 def test_site_builds_with_every_page(site):
     for page in PAGES:
         assert (site / f"{page}.html").is_file(), f"{page}.html missing from the built site"
+    teacher_only = {"solutions.ipynb"}
     for notebook in sorted(NOTEBOOKS.glob("*.ipynb")) + sorted(NOTEBOOKS.glob("exercises/**/*.ipynb")):
-        assert (site / _page_of(notebook)).is_file(), f"no page for {notebook.relative_to(ROOT)}"
+        if notebook.name not in teacher_only:
+            assert (site / _page_of(notebook)).is_file(), f"no page for {notebook.relative_to(ROOT)}"
+
+
+def test_the_site_shows_the_learners_exercises_without_solutions(site):
+    """The exercise pages are the released versions: no solution, no hidden test, no solutions page."""
+    pages = sorted((site / "notebooks" / "exercises").glob("ex*.html"))
+    assert len(pages) == len(list(NOTEBOOKS.glob("exercises/ex*.ipynb"))) >= 5
+    for page in pages:
+        text = page.read_text()
+        assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text, page.name
+        assert "NotImplementedError" in text, f"{page.name}: the answer cell should be the learner's stub"
+    ex1 = (site / "notebooks" / "exercises" / "ex1_reverse_kl.html").read_text()
+    assert "log_p_s.exp() * (log_p_s - log_p_t)" not in ex1  # the reference solution
+    assert not (site / "notebooks" / "exercises" / "solutions.html").exists()
 
 
 def test_notebook_pages_show_their_stored_figures(site):

@@ -10,14 +10,38 @@ build renders a mirror of that folder (git-ignored), so that
 
 Only files that changed are copied (with their modification times), and files that disappeared are
 removed, so incremental builds stay incremental. ``.ipynb_checkpoints`` and hidden files are skipped.
+
+The exercise notebooks (``notebooks/exercises/``) are nbgrader sources with their solutions in them:
+the site shows the **learners' versions** (solutions and hidden tests removed, outputs cleared, as
+``odistill exercises release`` writes them) and leaves out the teacher-only ``solutions.ipynb``. The
+teacher's site, with everything, is built with ``ODISTILL_DOCS_TEACHER=1`` (``make docs-teacher``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 MIRROR = "notebooks"
+TEACHER_ENV = "ODISTILL_DOCS_TEACHER"
+
+
+def teacher_site() -> bool:
+    """Whether this build is the teacher's site (exercise solutions included)."""
+    return os.environ.get(TEACHER_ENV, "") not in ("", "0", "false")
+
+
+def student_version(path: Path) -> bytes | None:
+    """What the site shows of an exercise notebook: its released (learner's) version; None: not shown."""
+    import nbformat
+
+    from odistill.classroom.grading import TEACHER_ONLY, release_notebook
+
+    if path.name in TEACHER_ONLY:
+        return None
+    released = release_notebook(nbformat.read(path, as_version=4))
+    return (nbformat.writes(released) + "\n").encode()
 
 
 def _wanted(path: Path, root: Path) -> bool:
@@ -25,13 +49,25 @@ def _wanted(path: Path, root: Path) -> bool:
     return not any(p.startswith(".") or p == "__pycache__" for p in parts)
 
 
-def sync(source: Path, target: Path) -> None:
+def sync(source: Path, target: Path, *, teacher: bool = True) -> None:
+    """Mirror ``source`` into ``target``; without ``teacher``, exercise notebooks as learners get them."""
     if target.is_symlink():  # an older layout linked docs/notebooks -> ../notebooks
         target.unlink()
     target.mkdir(parents=True, exist_ok=True)
     files = {p.relative_to(source) for p in source.rglob("*") if p.is_file() and _wanted(p, source)}
+    released = {}
+    if not teacher:
+        for rel in sorted(files):
+            if rel.parts[0] == "exercises" and rel.suffix == ".ipynb":
+                released[rel] = student_version(source / rel)
+        files = {rel for rel in files if released.get(rel, b"") is not None}
     for rel in sorted(files):
         src, dst = source / rel, target / rel
+        if rel in released:
+            if not (dst.is_file() and dst.read_bytes() == released[rel]):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(released[rel])
+            continue
         if (
             dst.is_file()
             and dst.stat().st_size == src.stat().st_size
@@ -56,7 +92,7 @@ def _on_config_inited(app, config) -> None:
         raise ExtensionError(
             f"notebook folder {source} not found (the docs render the repository's notebooks/)"
         )
-    sync(source, Path(app.srcdir) / MIRROR)
+    sync(source, Path(app.srcdir) / MIRROR, teacher=teacher_site())
 
 
 def setup(app):

@@ -12,7 +12,7 @@ import contextlib
 import sys
 
 from ..core.remote import TeacherUnavailableError
-from . import demo, distill, serve_teacher, sweep, train_teacher
+from . import demo, distill, exercises, serve_teacher, sweep, train_teacher
 from . import eval as eval_command
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -36,7 +36,7 @@ the package ("addition-teacher", "addition-student", …).
 """
 
 #: The subcommands, in the order ``odistill --help`` lists them.
-COMMANDS = (demo, distill, sweep, serve_teacher, train_teacher, eval_command)
+COMMANDS = (demo, distill, sweep, serve_teacher, train_teacher, eval_command, exercises)
 
 
 def build_parser() -> argparse.ArgumentParser:
