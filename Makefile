@@ -1,7 +1,7 @@
 # The two commands of the README. Each one does its own set-up on a fresh machine.
 #   make demo   - set up, then run the main job
-#   make test   - set up, then run the whole test suite (pytest + nbval on the notebooks,
-#                 and tests/test_docs.py: build the site, load it in headless chromium)
+#   make test   - set up, then run the whole test suite (pytest in 2 processes, then nbval on the
+#                 notebooks; tests/test_docs.py builds the site and loads it in headless chromium)
 #   make lint   - set up, then ruff (lint rules and formatting)
 #   make docs   - set up, then build the documentation site into docs/_build/html (offline;
 #                 warnings are errors)
@@ -17,8 +17,13 @@ setup:
 demo: setup
 	$(VENV)/bin/odistill demo
 
+# The unit tests run in JOBS processes (pytest-xdist; a test file stays in one process, so its module
+# fixtures are built once); the notebooks run one after the other, so that the timings they compare
+# side by side share the machine with nothing of the suite's own.
+JOBS ?= 2
 test: setup
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
+	$(PY) -m pytest tests -n $(JOBS) --dist loadfile -p no:cacheprovider
+	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env \
 	    --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 # Build the site from the committed notebook outputs (nothing is executed). -W: any warning fails the

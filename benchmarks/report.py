@@ -23,6 +23,16 @@ STEP_TARGETS = {"tiny": 1.5, "permutations": 1.5}
 STEP_TARGET_DEFAULT = 2.0
 
 
+#: Where results.md's per-benchmark tables begin (docs/performance.md includes from this line on).
+TABLES_MARKER = "<!-- per-benchmark tables -->"
+#: The plot's alternative text and caption.
+PLOT_ALT = (
+    "Bars with min–max whiskers per case: the generalized JSD's peak memory and time, odistill / TRL "
+    "(lower is better), and the on-policy step's speed-up, TRL time / odistill time (higher is better); "
+    "the dashed red line is each target"
+)
+
+
 def _load(folder: Path) -> dict:
     out = {}
     for name in PARTS:
@@ -266,6 +276,7 @@ def write_report(folder: Path = RESULTS) -> Path:
         "estimators": "The full and the sampled estimator on the lab bench (greedy-accuracy gain)",
         "remote": "A teacher served over HTTP (serve-teacher, loopback) vs one in the training process",
     }
+    parts += [TABLES_MARKER, ""]  # the docs' Performance page includes from here (the headline is above)
     for name in PARTS:
         if name in data:
             parts += [f"## {titles[name]}", "", data[name].get("table_md", "")]
@@ -289,7 +300,14 @@ def write_report(folder: Path = RESULTS) -> Path:
                 "",
             ]
     if plot(data, folder / "ratios.png"):
-        parts += ["![ratios](ratios.png)", ""]
+        parts += [
+            "## The ratios in one plot",
+            "",
+            f"![{PLOT_ALT}](ratios.png)",
+            "",
+            f"*{PLOT_ALT}.*",
+            "",
+        ]
     (folder / "results.md").write_text("\n".join(parts))
     if rows:  # the headline alone, for the docs' Performance page
         (folder / "summary.md").write_text(

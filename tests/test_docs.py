@@ -26,6 +26,7 @@ import functools
 import html.parser
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,7 @@ PAGES = [
     "exercises",
     "teaching",
     "architecture",
+    "glossary",
     "cli",
     "api/index",
     "performance",
@@ -292,6 +294,28 @@ def test_notebook_pages_show_their_stored_figures(site):
             assert (site / _page_of(path)).parent.joinpath(src).resolve().is_file(), (
                 f"{path.name}: {src} missing"
             )
+
+
+def test_the_home_page_code_runs_as_written(capsys):
+    """Every ```python block of docs/index.md, run in order in one namespace; the printed describe()
+    line is the one its comment shows."""
+    text = (DOCS / "index.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/index.md", "exec"), namespace)  # noqa: S102 - the page's own code
+    printed = capsys.readouterr().out
+    shown = re.search(r"print\(config\.describe\(\)\)\s+# (.*)", text).group(1).strip()
+    assert shown in printed.splitlines()
+    assert len(namespace["result"].history) == 20
+
+
+def test_the_performance_page_shows_each_table_once_and_captions_its_plot(site):
+    text = (site / "performance.html").read_text(encoding="utf-8")
+    assert text.count("JSD values &amp; gradients vs float64 reference") == 1  # the headline, not twice
+    alts = re.findall(r'<img[^>]*alt="([^"]*)"', text)
+    assert alts and all(len(a) > 40 and not a.endswith(".png") for a in alts), alts
 
 
 def test_every_public_module_has_an_api_page():
