@@ -318,6 +318,36 @@ def test_the_performance_page_shows_each_table_once_and_captions_its_plot(site):
     assert alts and all(len(a) > 40 and not a.endswith(".png") for a in alts), alts
 
 
+def test_the_config_api_entry_describes_every_field(site):
+    from dataclasses import fields
+
+    from odistill import DistillConfig
+
+    text = (site / "api" / "config.html").read_text(encoding="utf-8")
+    missing = [f.name for f in fields(DistillConfig) if f"{f.name}</span></code> =" not in text]
+    assert not missing, f"fields without a description on the DistillConfig entry: {missing}"
+
+
+def test_the_notebooks_page_has_the_overview_with_runtimes(site):
+    text = (site / "notebooks.html").read_text(encoding="utf-8")
+    assert "runtime (tiny, 2 CPU cores)" in text
+    for notebook in sorted(NOTEBOOKS.glob("0*.ipynb")):
+        assert f'href="notebooks/{notebook.stem}.html"' in text, notebook.name
+
+
+def test_the_beta_explorer_works_offline(site):
+    """Notebook 01's slider is plain HTML over stored figures: one image visible, the others hidden, a
+    range input that switches them, alternative texts that say which β each shows."""
+    text = (site / "notebooks" / "01_forward_vs_reverse_kl.html").read_text(encoding="utf-8")
+    box = re.search(r'<div id="odistill-slider-[0-9a-f]+" class="odistill-slider">(.*?)</div>', text, re.S)
+    assert box, "no β explorer on the page"
+    images = re.findall(r"<img ([^>]*)>", box.group(1))
+    assert len(images) >= 5 and all('src="data:image/png;base64,' in im for im in images)
+    assert sum("display:none" not in im for im in images) == 1  # the initial figure, never an empty box
+    assert 'type="range"' in box.group(1) and "oninput=" in box.group(1)
+    assert all("β = " in re.search(r'alt="([^"]*)"', im).group(1) for im in images)
+
+
 def test_every_public_module_has_an_api_page():
     """A new module of the package needs a page in docs/api/ (copy one of the others, add it to
     api/index.md)."""

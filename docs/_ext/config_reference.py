@@ -3,7 +3,8 @@ from the fields' metadata and :data:`odistill.train.config.PRESETS`.
 
 The help text of a field lives in one place, its ``dataclasses.field`` metadata: this page,
 ``odistill distill --help`` and ``DistillConfig.describe_fields()`` all read it. The file is only
-rewritten when its text changes, so incremental builds stay incremental.
+rewritten when its text changes, so incremental builds stay incremental. The same metadata is appended
+to ``DistillConfig``'s docstring in the API reference, so its entry lists every field too.
 """
 
 from __future__ import annotations
@@ -67,6 +68,36 @@ def _write(app) -> None:
         path.write_text(text)
 
 
+def _rst(text: str) -> str:
+    """Help text as plain RST (no accidental emphasis, references or substitutions)."""
+    for char in ("\\", "*", "`", "_", "|"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def field_lines() -> list[str]:
+    """Every DistillConfig field as an RST list: name, default and help, from the fields' metadata."""
+    from odistill.train.config import DistillConfig
+
+    lines = [
+        "",
+        ".. rubric:: Fields",
+        "",
+        "Every field, its default and its help (the same text as ``odistill distill --help``; grouped by "
+        "section, with the presets, in :doc:`config_fields`):",
+        "",
+    ]
+    for f in fields(DistillConfig):
+        lines.append(f"* ``{f.name}`` = ``{_default(f)!r}``: {_rst(f.metadata['help'])}")
+    return lines + [""]
+
+
+def _add_fields(app, what, name, obj, options, lines) -> None:
+    if what == "class" and name.endswith("DistillConfig"):
+        lines.extend(field_lines())
+
+
 def setup(app):
     app.connect("builder-inited", _write)
+    app.connect("autodoc-process-docstring", _add_fields)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -84,6 +84,21 @@ def sync(source: Path, target: Path, *, teacher: bool = True) -> None:
             path.rmdir()
 
 
+OVERVIEW = "_overview.inc"  # written into the mirror; included by notebooks.md
+
+
+def overview_table(readme: Path) -> str:
+    """The table of notebooks with what each teaches and its runtime, from ``notebooks/README.md``, with
+    its links made relative to the docs root (the mirror is ``docs/notebooks/``)."""
+    import re
+
+    lines = readme.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| notebook | what it teaches"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    table = "\n".join(lines[start:end])
+    return re.sub(r"\]\(([^)/]+\.ipynb)\)", r"](notebooks/\1)", table) + "\n"
+
+
 def _on_config_inited(app, config) -> None:
     source = Path(app.srcdir).parent / "notebooks"
     if not source.is_dir():
@@ -93,6 +108,10 @@ def _on_config_inited(app, config) -> None:
             f"notebook folder {source} not found (the docs render the repository's notebooks/)"
         )
     sync(source, Path(app.srcdir) / MIRROR, teacher=teacher_site())
+    target = Path(app.srcdir) / MIRROR / OVERVIEW
+    text = overview_table(source / "README.md")
+    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+        target.write_text(text, encoding="utf-8")
 
 
 def setup(app):

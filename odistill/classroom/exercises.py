@@ -177,10 +177,10 @@ def check_lambda_schedule(fn, total_steps: int = 100) -> str:
 
 #: The multiple-choice answers of exercise 5 ("diagnose a failing distillation run").
 DIAGNOSIS_CHOICES = {
-    "a": "the learning rate is too small",
-    "b": "the teacher is not a trained teacher (it was loaded from the warm-started student's checkpoint)",
-    "c": "forward KL was used instead of reverse KL",
-    "d": "the sampling temperature is too high",
+    "a": "the learning rate is too small for 30 steps to change the student",
+    "b": "the teacher knows the task no better than the student does",
+    "c": "reverse KL was the wrong choice: forward KL would have moved the student",
+    "d": "sampling at temperature 1 makes the student's completions too noisy to learn from",
 }
 
 _DIAGNOSIS_FEEDBACK = {

@@ -169,33 +169,75 @@ def precomputed_slider(
     description: str = "β",
     value: float | None = None,
     fmt: str = "{:.2f}",
+    alt: str = "the figure at",
+    dpi: int = 72,
 ):
-    """An ipywidgets slider over precomputed settings that calls ``draw(value)`` on every move.
+    """A slider over precomputed settings that needs no kernel: it works in a live notebook, in a saved
+    one and on the rendered documentation site, offline.
 
-    Expensive work (training, fitting) is done beforehand for each value in ``values``; ``draw`` only
-    looks the result up and plots it, so dragging is instant. When the notebook is executed with
-    nbclient (``store_widget_state=True``) the widget state, including the plot of the initial
-    value, is saved in the notebook and renders without a kernel.
+    Expensive work (training, fitting) is done beforehand for each value in ``values``; here
+    ``draw(value)`` is called once per value, each figure is stored as a PNG, and the slider only shows
+    one of them (a few lines of inline JavaScript switch the visible image). Without JavaScript the
+    figure of the initial value stays visible: never an empty box.
 
     Args:
-        draw: called with one of ``values`` (positionally); it should draw a figure and call
-            ``plt.show()``.
+        draw: called with one of ``values`` (positionally); it should draw one figure (``plt.show()`` is
+            a no-op while the frames are drawn).
         values: the settings that were precomputed, in slider order.
         description: slider label.
         value: initial setting (defaults to the first value).
         fmt: how a value is shown on the slider.
+        alt: the start of each frame's alternative text ("<alt> <description> = <value>").
+        dpi: resolution of the stored frames.
 
     Returns:
-        The ``ipywidgets.interactive`` widget (display it, or leave it last in a cell).
+        An ``IPython.display.HTML`` object (display it, or leave it last in a cell).
     """
-    import ipywidgets as widgets
+    import base64
+    import html
+    import io
+    import json
+    import uuid
 
-    options = [(fmt.format(v), v) for v in values]
-    slider = widgets.SelectionSlider(
-        options=options,
-        value=values[0] if value is None else value,
-        description=description,
-        continuous_update=True,
-        layout=widgets.Layout(width="420px"),
+    import matplotlib.pyplot as plt
+    from IPython.display import HTML
+
+    values = list(values)
+    if not values:
+        raise ValueError("precomputed_slider needs at least one value")
+    if value is not None and value not in values:
+        raise ValueError(f"value {value!r} is not one of the precomputed values {values}")
+    start = 0 if value is None else values.index(value)
+    frames, show = [], plt.show
+    plt.show = lambda *args, **kwargs: None  # draw() ends with plt.show(): keep the figure for saving
+    try:
+        for v in values:
+            plt.close("all")
+            draw(v)
+            buffer = io.BytesIO()
+            plt.gcf().savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+            frames.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+            plt.close("all")
+    finally:
+        plt.show = show
+    uid = f"odistill-slider-{uuid.uuid4().hex[:8]}"
+    labels = [fmt.format(v) for v in values]
+    images = "".join(
+        f'<img src="data:image/png;base64,{frame}" alt="{html.escape(f"{alt} {description} = {label}")}" '
+        f'style="max-width:100%;{"" if k == start else "display:none"}">'
+        for k, (frame, label) in enumerate(zip(frames, labels, strict=True))
     )
-    return widgets.interactive(lambda value: draw(value), value=slider)
+    names = json.dumps(labels)  # escaped once, with the whole handler, into the attribute
+    handler = (
+        f"var box=document.getElementById('{uid}');var k=+this.value;"
+        "box.querySelectorAll('img').forEach(function(im,i){im.style.display=i===k?'':'none';});"
+        f"box.querySelector('output').textContent={names}[k];"
+    )
+    return HTML(
+        f'<div id="{uid}" class="odistill-slider">'
+        f'<label style="font-family:sans-serif">{html.escape(description)} = '
+        f"<output>{html.escape(labels[start])}</output> "
+        f'<input type="range" min="0" max="{len(values) - 1}" step="1" value="{start}" '
+        f'style="width:420px;vertical-align:middle" oninput="{html.escape(handler)}"></label><br>'
+        f"{images}</div>"
+    )
