@@ -129,7 +129,6 @@ def load_training_checkpoint(
 ) -> tuple[int, list[dict]]:
     """Load a training checkpoint into the live objects; return (the first step to run, the history so
     far)."""
-    from safetensors.torch import load_file
 
     state = torch.load(path / STATE_FILE, weights_only=False)
     saved = DistillConfig.load(path / CONFIG_FILE)
@@ -143,17 +142,13 @@ def load_training_checkpoint(
         )
     by_name = state.get("optimizer_keys") == "name"
     if is_sharded(student) or by_name:  # FSDP on either side: full state in, each process keeps its shard
-        weights = {}
-        for file in sorted(path.glob("*.safetensors")):
-            weights.update(load_file(file))
+        weights = _read_weights(path)
         named = state["optimizer"] if by_name else _keyed_by_name(state["optimizer"], student)
         load_full_state(student, weights, optimizer, named)
     elif is_peft_model(student):  # a LoRA run saved its adapter only, in PEFT's format
         load_adapter_weights(student, path)
     else:
-        weights = {}
-        for file in sorted(path.glob("*.safetensors")):
-            weights.update(load_file(file))
+        weights = _read_weights(path)
         missing, unexpected = student.load_state_dict(weights, strict=False)
         real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings: saved once
         if real_missing or unexpected:
@@ -169,6 +164,16 @@ def load_training_checkpoint(
         rng.setstate(state["python_rngs"][name])
     history = json.loads((path / HISTORY_FILE).read_text())["history"]
     return int(state["step"]) + 1, history
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder's ``*.safetensors`` files (one or several shards)."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(file))
+    return weights
 
 
 def _keyed_by_name(optimizer_state: dict, student) -> dict:

@@ -410,7 +410,8 @@ def warn_if_clipped(state: TrainState, step: int, ratio: float, rows: int) -> No
 
 def maybe_eval(state: TrainState, row: dict, eval_fn) -> dict:
     """Evaluate when due (before training, every ``eval_every`` steps, after the last step) and add the
-    metrics to ``row`` as ``eval/<key>`` (main process only); returns ``row``."""
+    metrics to ``row`` as ``eval/<key>`` (the main process; with FSDP every process, since the sharded
+    student's forward pass needs them all); returns ``row``."""
     config, step = state.config, row["step"]
     due = step in (0, config.steps) or (config.eval_every and step % config.eval_every == 0)
     # a sharded student's forward pass needs every process: then all of them evaluate
