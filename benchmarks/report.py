@@ -205,13 +205,14 @@ def plot(data: dict, path: Path) -> bool:
         panels.append(
             (
                 "speedup",
-                "on-policy step speed-up\nTRL time / odistill time (target ≥ 1.5 lab bench, ≥ 2 at 32k)",
+                "on-policy step speed-up, TRL / odistill\n(target ≥ 1.5 lab bench, ≥ 2 at 32k)",
                 2.0,
             )
         )
     if not panels:
         return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    # drawn for a page column of about 740 px: readable there without zooming (taller than 200 px)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.4))
     axes = [axes] if len(panels) == 1 else list(axes)
     for ax, (key, title, target) in zip(axes, panels, strict=True):
         if key == "speedup":
@@ -234,7 +235,7 @@ def plot(data: dict, path: Path) -> bool:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 

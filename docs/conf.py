@@ -25,7 +25,11 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(DOCS / "_ext"))
 sys.path.insert(0, str(ROOT))  # import the package from this checkout even if it is not installed
 
+from notebook_links import repository_url  # noqa: E402
+
 import odistill  # noqa: E402
+
+REPOSITORY = repository_url(ROOT / "pyproject.toml")  # [project.urls] Repository
 
 # -- project ---------------------------------------------------------------------------------------
 project = "odistill"
@@ -48,6 +52,8 @@ extensions = [
     "cli_reference",  # writes cli.md from the argparse parser
     "exercise_index",  # writes exercises.md from the notebooks' exercise sections
     "config_reference",  # writes api/config_fields.md from DistillConfig's field metadata
+    "output_blocks",  # marks printed tables among the notebooks' text outputs (custom.css sizes them)
+    "notebook_links",  # download / Open in Colab / source links on every notebook page
 ]
 
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
@@ -136,6 +142,9 @@ def setup(app):
     app.connect("autodoc-process-docstring", _fix_docstring)
 
 
+# GitHub's mark (Octicons "mark-github", MIT licence), for the footer link to the repository.
+_GITHUB_ICON = (DOCS / "_static" / "github.svg").read_text(encoding="utf-8").strip()
+
 # -- HTML ------------------------------------------------------------------------------------------
 smartquotes_action = "qe"  # keep "--" as typed (CLI flags like --student); only quotes and ellipses
 html_theme = "furo"
@@ -146,10 +155,20 @@ html_css_files = ["custom.css"]
 html_last_updated_fmt = None
 html_show_sourcelink = False
 html_copy_source = False
+html_favicon = "_static/favicon.svg"
 html_theme_options = {
     "sidebar_hide_name": False,
     "navigation_with_keys": True,
+    "footer_icons": [
+        {
+            "name": "Source code on GitHub",
+            "url": REPOSITORY,
+            "html": _GITHUB_ICON,
+            "class": "",
+        }
+    ],
 }
+odistill_repository_branch = "main"  # the branch that the notebooks' Colab and source links open
 copybutton_prompt_text = r">>> |\.\.\. |\$ "
 copybutton_prompt_is_regexp = True
 

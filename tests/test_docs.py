@@ -82,6 +82,7 @@ PAGES = [
     "changelog",
 ]
 SHOT_ROUTE = "/__figure_shot__"  # a test-only wrapper page (never written to the site), see _Handler
+LAYOUT_ROUTE = "/__layout__"  # the same: measures pages in a browser, see _layout_page
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -126,9 +127,16 @@ class _Handler(SimpleHTTPRequestHandler):
             pass
 
     def do_GET(self):
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        body = None
         if self.path.startswith(SHOT_ROUTE):
-            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-            body = _figure_shot_page(query.get("page", ["index.html"])[0]).encode()
+            page = query.get("page", ["index.html"])[0]
+            body = _figure_shot_page(page, query.get("selector", ["div.cell_output img"])[0]).encode()
+        elif self.path.startswith(LAYOUT_ROUTE):
+            body = _layout_page(
+                query.get("pages", [""])[0].split(","), int(query.get("width", ["0"])[0])
+            ).encode()
+        if body is not None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -138,14 +146,15 @@ class _Handler(SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-def _figure_shot_page(page: str) -> str:
-    """A page that shows ``page`` in a full-window iframe, scrolled to its first notebook figure.
+def _figure_shot_page(page: str, selector: str) -> str:
+    """A page that shows ``page`` in a full-window iframe, scrolled to the first element that matches
+    ``selector`` (by default its first notebook figure).
 
     Headless Chromium's ``--screenshot`` captures the top of a page only; this wrapper waits for the
     page (and MathJax, which changes heights) and then scrolls instantly, so the screenshot shows a figure.
     """
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>screenshot</title>
+<html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>screenshot</title>
 <style>html, body {{ margin: 0; padding: 0; overflow: hidden; }}
 iframe {{ border: 0; width: 100vw; height: 100vh; display: block; }}</style></head>
 <body><iframe id="page" src="/{page}"></iframe>
@@ -155,11 +164,66 @@ frame.addEventListener("load", () => {{
   const win = frame.contentWindow;
   const mathjax = win.MathJax && win.MathJax.startup && win.MathJax.startup.promise;
   (mathjax || Promise.resolve()).then(() => new Promise(done => setTimeout(done, 300))).then(() => {{
-    const img = win.document.querySelector("div.cell_output img");
-    if (img) win.scrollTo({{top: img.getBoundingClientRect().top + win.scrollY - 200, behavior: "instant"}});
+    const img = win.document.querySelector({json.dumps(selector)});
+    if (img) win.scrollTo({{top: img.getBoundingClientRect().top + win.scrollY - 120, behavior: "instant"}});
     document.title = img ? "scrolled to figure" : "no figure";
   }});
 }});
+</script></body></html>"""
+
+
+def _layout_page(pages: list[str], width: int = 0) -> str:
+    """A page that loads each of ``pages`` in turn in an iframe ``width`` px wide (0: the window's width;
+    headless Chromium's window is at least 500 px wide, so a phone is emulated by the iframe) and
+    measures, once MathJax is
+    done: the width of the content column, every visible code/output block (``pre``) and whether its
+    text is wider than the block (``scrollWidth > clientWidth``: the reader would have to scroll
+    sideways), every visible image of the content (rendered and natural size, alternative text),
+    whether the page itself is wider than the window, and the images of the β explorer. The result is
+    JSON in ``<pre id="layout">``, read from ``--dump-dom``."""
+    frame_width = f"{width}px" if width else "100vw"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>layout</title>
+<style>html, body {{ margin: 0; padding: 0; }}
+iframe {{ border: 0; width: {frame_width}; height: 100vh; display: block; }}</style></head>
+<body><iframe id="page"></iframe><pre id="layout"></pre>
+<script>
+const pages = {json.dumps(pages)}, results = [], frame = document.getElementById("page");
+let index = 0;
+function next() {{
+  if (index < pages.length) {{ frame.src = "/" + pages[index]; return; }}
+  document.getElementById("layout").textContent = JSON.stringify(results);
+  document.title = "measured";
+}}
+function box(el) {{
+  const r = el.getBoundingClientRect();
+  return [Math.round(r.width), Math.round(r.height)];
+}}
+frame.addEventListener("load", () => {{
+  const win = frame.contentWindow, doc = win.document;
+  const mathjax = win.MathJax && win.MathJax.startup && win.MathJax.startup.promise;
+  (mathjax || Promise.resolve()).then(() => new Promise(done => setTimeout(done, 50))).then(() => {{
+    const article = doc.querySelector("article") || doc.body;
+    const visible = el => el.offsetParent !== null;
+    const blocks = [...article.querySelectorAll("pre")].filter(visible);
+    const images = [...article.querySelectorAll("img")].filter(visible);
+    results.push({{
+      page: pages[index],
+      column: article.clientWidth,
+      page_overflow: doc.documentElement.scrollWidth > doc.documentElement.clientWidth + 1,
+      blocks: blocks.length,
+      overflowing: blocks.filter(p => p.scrollWidth > p.clientWidth + 1)
+                         .map(p => [p.scrollWidth, p.clientWidth, p.textContent.slice(0, 80)]),
+      images: images.map(im => ({{
+        size: box(im), natural: [im.naturalWidth, im.naturalHeight], alt: im.getAttribute("alt") || "",
+        figure: !!im.closest("div.cell_output"), slider: !!im.closest("div.odistill-slider"),
+      }})),
+    }});
+    index += 1;
+    next();
+  }});
+}});
+next();
 </script></body></html>"""
 
 
@@ -348,6 +412,60 @@ def test_the_beta_explorer_works_offline(site):
     assert all("β = " in re.search(r'alt="([^"]*)"', im).group(1) for im in images)
 
 
+def test_notebook_figures_have_alternative_texts(site):
+    """Every stored figure of a notebook page says what it shows (cell metadata ``mystnb.image.alt``),
+    instead of the hash file name myst-nb would give it."""
+    for path in sorted(NOTEBOOKS.glob("0*.ipynb")):
+        text = (site / _page_of(path)).read_text(encoding="utf-8")
+        figures = re.findall(r'<img[^>]*src="[^"]*_images/[^"]+\.png"[^>]*>', text)
+        assert len(figures) >= _png_outputs(path), path.name
+        for tag in figures:
+            alt = re.search(r'alt="([^"]*)"', tag)
+            assert alt and len(alt.group(1)) > 40 and ".png" not in alt.group(1), f"{path.name}: {tag[:200]}"
+
+
+def test_notebook_pages_link_a_download_colab_and_the_source(site):
+    """Each notebook page starts with a download link to the file it renders (copied next to it; an
+    exercise's is the learner's version), and, except exercises, Open in Colab and source links built
+    from ``[project.urls] Repository`` of pyproject.toml."""
+    import tomllib
+
+    repository = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    owner_repo = repository.removeprefix("https://github.com/")
+    notebooks = sorted(NOTEBOOKS.glob("0*.ipynb")) + sorted(NOTEBOOKS.glob("exercises/ex*.ipynb"))
+    for path in notebooks:
+        page = site / _page_of(path)
+        text = page.read_text(encoding="utf-8")
+        box = re.search(r'<div class="odistill-notebook-links">(.*?)</div>', text, re.S)
+        assert box, f"{page.name}: no notebook links"
+        hrefs = dict(
+            (label, href) for href, label in re.findall(r'href="([^"]+)"[^>]*>([^<]+)</a>', box.group(1))
+        )
+        download = hrefs.get(f"Download {path.name}")
+        assert download == path.name and (page.parent / download).is_file(), (page.name, hrefs)
+        rel = path.relative_to(NOTEBOOKS).as_posix()
+        colab = f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{rel}"
+        if rel.startswith("exercises/"):
+            assert "Open in Colab" not in hrefs  # the repository holds the sources, with the solutions
+            downloaded = (page.parent / download).read_text(encoding="utf-8")
+            assert "BEGIN SOLUTION" not in downloaded and "HIDDEN TESTS" not in downloaded, path.name
+        else:
+            assert hrefs.get("Open in Colab") == colab, hrefs
+            assert hrefs.get("Source on GitHub") == f"{repository}/blob/main/notebooks/{rel}", hrefs
+
+
+def test_every_page_has_a_favicon_and_a_link_to_the_repository(site):
+    import tomllib
+
+    repository = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    for name in ("index.html", "api/config.html", _page_of(_notebook_01())):
+        page = site / name
+        text = page.read_text(encoding="utf-8")
+        icon = re.search(r'<link rel="(?:shortcut )?icon" href="([^"]+)"', text)
+        assert icon and (page.parent / icon.group(1)).resolve().is_file(), name
+        assert f'href="{repository}"' in text, f"{name}: no link to the repository"
+
+
 def test_every_public_module_has_an_api_page():
     """A new module of the package needs a page in docs/api/ (copy one of the others, add it to
     api/index.md)."""
@@ -450,7 +568,14 @@ def chromium() -> str:
     )
 
 
-def _browse(chromium: str, url: str, *extra: str, timeout: int = 120) -> str:
+def _browse(
+    chromium: str,
+    url: str,
+    *extra: str,
+    timeout: int = 120,
+    size: tuple[int, int] = (1280, 1000),
+    budget_ms: int = 5000,
+) -> str:
     profile = tempfile.mkdtemp(prefix="odistill-chromium-")
     cmd = [
         chromium,
@@ -466,8 +591,8 @@ def _browse(chromium: str, url: str, *extra: str, timeout: int = 120) -> str:
         f"--user-data-dir={profile}",
         # CDN scripts (widgets) must fail fast instead of reaching the network: localhost only.
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--window-size=1280,1000",
-        "--virtual-time-budget=5000",
+        f"--window-size={size[0]},{size[1]}",
+        f"--virtual-time-budget={budget_ms}",
         *extra,
         url,
     ]
@@ -482,8 +607,39 @@ def _browse(chromium: str, url: str, *extra: str, timeout: int = 120) -> str:
 
 
 def _no_browser_404(log, since: int):
-    bad = [(path, code) for path, code in log[since:] if code >= 400 and not path.startswith("/favicon.ico")]
+    bad = [(path, code) for path, code in log[since:] if code >= 400]
     assert not bad, f"the browser's requests failed: {bad}"
+
+
+def _content_pages(site: Path) -> list[str]:
+    """Every page a reader reads (not the generated index, search or highlighted-source pages)."""
+    skip = ("_modules/", "genindex", "search", "py-modindex", "_static/", "_images/")
+    return sorted(
+        p.relative_to(site).as_posix()
+        for p in site.rglob("*.html")
+        if not p.relative_to(site).as_posix().startswith(skip)
+    )
+
+
+_LAYOUTS: dict[int, list[dict]] = {}
+
+
+def _layout(server, chromium, site, width: int) -> list[dict]:
+    """The measurements of :func:`_layout_page` for every content page, in a window ``width`` px wide."""
+    if width not in _LAYOUTS:
+        base, log = server
+        since = len(log)
+        pages = _content_pages(site)
+        url = f"{base}{LAYOUT_ROUTE}?width={width}&pages={urllib.parse.quote(','.join(pages))}"
+        dom = _browse(
+            chromium, url, "--dump-dom", size=(max(width, 800), 900), budget_ms=180_000, timeout=600
+        )
+        found = re.search(r'<pre id="layout">(.*?)</pre>', dom, re.S)
+        assert found and found.group(1).strip(), f"the layout page measured nothing:\n{dom[-2000:]}"
+        _LAYOUTS[width] = json.loads(html.unescape(found.group(1)))
+        assert [m["page"] for m in _LAYOUTS[width]] == pages
+        _no_browser_404(log, since)
+    return _LAYOUTS[width]
 
 
 def test_home_page_renders(server, chromium):
@@ -539,25 +695,80 @@ def test_api_page_renders(server, chromium):
         "odistill.core.divergences.generalized_jsd",
     ):
         assert anchor in page.ids, f"autodoc entry {anchor} missing"
-    assert "KL(p_T ‖ p_S)" in dom and "Σ" in dom, "the docstrings' unicode math is not on the page"
+    assert "KL(p_T ‖ p_S)" in dom and "Σ" in dom, "the docstrings' unicode summaries are not on the page"
+    # the formulas are math (``.. math::`` in the docstrings), typeset by MathJax
+    assert dom.count("<mjx-container") >= 8, "the divergences' formulas were not typeset as math"
     _no_browser_404(log, since)
+
+
+def test_code_blocks_and_figures_fit_the_column_at_1366_px(server, chromium, site):
+    """At a laptop's 1366 px: under 5 % of the code and output blocks are wider than the content column
+    (none, since long lines wrap), no page scrolls sideways, and no figure is shrunk below 200 px height."""
+    layout = _layout(server, chromium, site, 1366)
+    blocks = sum(m["blocks"] for m in layout)
+    overflowing = [f"{m['page']}: {o}" for m in layout for o in m["overflowing"]]
+    assert blocks > 200, blocks
+    assert len(overflowing) < 0.05 * blocks, (
+        f"{len(overflowing)} of {blocks} code/output blocks are wider than the column:\n"
+        + "\n".join(overflowing)
+    )
+    assert not [m["page"] for m in layout if m["page_overflow"]]
+    plots = [(m["page"], im) for m in layout for im in m["images"] if im["natural"][1] >= 200]
+    stored = sum(_png_outputs(path) for path in NOTEBOOKS.glob("0*.ipynb"))
+    assert sum(im["figure"] and not im["slider"] for _, im in plots) >= stored
+    short = [f"{page}: {im['size']} (natural {im['natural']})" for page, im in plots if im["size"][1] < 200]
+    assert not short, "figures shown less than 200 px tall at 1366 px:\n" + "\n".join(short)
+
+
+def test_pages_and_figures_fit_a_phone_at_390_px(server, chromium, site):
+    """On a 390 px phone no page scrolls sideways as a whole; a figure keeps a readable size (up to 600 px
+    wide) in a box that scrolls sideways, instead of shrinking to the 360 px column."""
+    layout = _layout(server, chromium, site, 390)
+    assert not [m["page"] for m in layout if m["page_overflow"]], "pages wider than a 390 px phone"
+    assert all(m["column"] <= 390 for m in layout)
+    figures = [
+        (m["page"], im) for m in layout for im in m["images"] if im["figure"] and im["natural"][1] >= 200
+    ]
+    assert figures
+    shrunk = [
+        f"{page}: {im['size']} (natural {im['natural']})"
+        for page, im in figures
+        if im["size"][0] < min(im["natural"][0], 600) - 1
+    ]
+    assert not shrunk, "figures shrunk to the phone's column:\n" + "\n".join(shrunk)
+
+
+def test_the_offline_beta_explorer_shows_a_figure_in_the_browser(server, chromium, site):
+    """Without network (CDNs unreachable), notebook 01's β explorer shows one decoded figure, full size."""
+    layout = _layout(server, chromium, site, 1366)
+    page = next(m for m in layout if m["page"] == _page_of(_notebook_01()))
+    shown = [im for im in page["images"] if im["slider"]]  # hidden frames are not "visible"
+    assert len(shown) == 1, shown
+    assert shown[0]["natural"][0] > 300 and shown[0]["size"][1] >= 200, shown[0]
+    assert "β = " in shown[0]["alt"]
 
 
 def test_screenshots(server, chromium):
     base, log = server
     SHOTS.mkdir(parents=True, exist_ok=True)
     notebook_page = _page_of(_notebook_01())
+    shot = f"{base}{SHOT_ROUTE}?page={urllib.parse.quote(notebook_page)}"
+    laptop, phone = (1366, 900), (390, 844)
     shots = {
-        "home.png": f"{base}/index.html",
-        "notebook.png": f"{base}/{notebook_page}",
-        "notebook-figure.png": f"{base}{SHOT_ROUTE}?page={urllib.parse.quote(notebook_page)}",
-        "api.png": f"{base}/api/divergences.html",
+        "home.png": (f"{base}/index.html", laptop),
+        "notebook.png": (f"{base}/{notebook_page}", laptop),
+        "notebook-figure.png": (shot, laptop),
+        "beta-explorer-offline.png": (f"{shot}&selector={urllib.parse.quote('div.odistill-slider')}", laptop),
+        "api.png": (f"{base}/api/divergences.html", laptop),
+        "config-api.png": (f"{base}/api/config.html", laptop),
+        "home-phone.png": (f"{base}/index.html", phone),
+        "notebook-figure-phone.png": (shot, phone),
     }
     since = len(log)
-    for name, url in shots.items():
+    for name, (url, size) in shots.items():
         path = SHOTS / name
         path.unlink(missing_ok=True)
-        _browse(chromium, url, f"--screenshot={path}")
+        _browse(chromium, url, f"--screenshot={path}", size=size)
         assert path.is_file(), f"chromium wrote no screenshot {path}"
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, (

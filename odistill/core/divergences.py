@@ -189,7 +189,11 @@ def _total_variation_rows(log_s, log_t, weight):
 def forward_kl(
     student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"
 ):
-    """Forward KL, KL(p_T ‖ p_S) = Σ_v p_T (log p_T − log p_S): mode covering (GKD β = 0).
+    r"""Forward KL, KL(p_T ‖ p_S) = Σ_v p_T (log p_T − log p_S): mode covering (GKD β = 0).
+
+    .. math::
+
+        \mathrm{KL}(p_T \,\|\, p_S) = \sum_{v=1}^{V} p_T(v)\,\bigl(\log p_T(v) - \log p_S(v)\bigr)
 
     The student is penalised wherever the teacher has mass and the student has little, so it spreads
     out to cover every mode of the teacher. This is classic (word-level) knowledge distillation.
@@ -217,7 +221,11 @@ def forward_kl(
 def reverse_kl(
     student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"
 ):
-    """Reverse KL, KL(p_S ‖ p_T) = Σ_v p_S (log p_S − log p_T): mode seeking (GKD β = 1).
+    r"""Reverse KL, KL(p_S ‖ p_T) = Σ_v p_S (log p_S − log p_T): mode seeking (GKD β = 1).
+
+    .. math::
+
+        \mathrm{KL}(p_S \,\|\, p_T) = \sum_{v=1}^{V} p_S(v)\,\bigl(\log p_S(v) - \log p_T(v)\bigr)
 
     The student is penalised wherever *it* puts mass that the teacher does not, so it prefers to sit
     on one mode of the teacher rather than cover them all. On-policy distillation minimises this on
@@ -253,9 +261,14 @@ def generalized_jsd(
     reduction="mean",
     chunk_size="auto",
 ):
-    """Generalized Jensen–Shannon divergence JSD(β) of GKD (Agarwal et al., 2024).
+    r"""Generalized Jensen–Shannon divergence JSD(β) of GKD (Agarwal et al., 2024).
 
-    ``M = β·p_T + (1 − β)·p_S`` and ``JSD(β) = β·KL(p_T ‖ M) + (1 − β)·KL(p_S ‖ M)``.
+    With M the mixture of the two distributions:
+
+    .. math::
+
+        M = \beta\, p_T + (1 - \beta)\, p_S, \qquad
+        \mathrm{JSD}(\beta) = \beta\, \mathrm{KL}(p_T \,\|\, M) + (1 - \beta)\, \mathrm{KL}(p_S \,\|\, M)
 
     β convention (the same as TRL and Liger-Kernel): **β = 0 is forward KL, β = 1 is reverse KL.**
     The end points are special-cased: the interior formula tends to 0 at both ends, while
@@ -293,7 +306,11 @@ def skew_forward_kl(
     reduction="mean",
     chunk_size="auto",
 ):
-    """Skew forward KL of DistiLLM: KL(p_T ‖ α·p_T + (1 − α)·p_S).
+    r"""Skew forward KL of DistiLLM: KL(p_T ‖ α·p_T + (1 − α)·p_S).
+
+    .. math::
+
+        \mathrm{SKL}_\alpha(p_T, p_S) = \mathrm{KL}\bigl(p_T \,\|\, \alpha\, p_T + (1 - \alpha)\, p_S\bigr)
 
     Mixing a little of the teacher into the student keeps the divergence bounded (≤ −log α) and its
     gradients stable when the student gives a teacher token almost no mass. α = 0 is
@@ -324,7 +341,11 @@ def skew_reverse_kl(
     reduction="mean",
     chunk_size="auto",
 ):
-    """Skew reverse KL of DistiLLM: KL(p_S ‖ α·p_S + (1 − α)·p_T).
+    r"""Skew reverse KL of DistiLLM: KL(p_S ‖ α·p_S + (1 − α)·p_T).
+
+    .. math::
+
+        \mathrm{SRKL}_\alpha(p_S, p_T) = \mathrm{KL}\bigl(p_S \,\|\, \alpha\, p_S + (1 - \alpha)\, p_T\bigr)
 
     α = 0 is :func:`reverse_kl`; α = 1 gives 0; the value is bounded by −log α.
 
@@ -346,7 +367,11 @@ def skew_reverse_kl(
 def total_variation(
     student_logits, teacher_logits, mask=None, *, temperature=1.0, reduction="mean", chunk_size="auto"
 ):
-    """Total variation distance, ``TVD(p_S, p_T) = ½ Σ_v |p_S − p_T|`` ∈ [0, 1].
+    r"""Total variation distance, ``TVD(p_S, p_T) = ½ Σ_v |p_S − p_T|`` ∈ [0, 1].
+
+    .. math::
+
+        \mathrm{TVD}(p_S, p_T) = \tfrac{1}{2} \sum_{v=1}^{V} \bigl|p_S(v) - p_T(v)\bigr| \in [0, 1]
 
     Symmetric and bounded: the largest difference in probability the two models give any event.
 
@@ -539,7 +564,12 @@ def _sample_log_ratio(sampler_logprobs, target_logprobs, mask, reduction):
 
 
 def kl_k1(sampler_logprobs, target_logprobs, mask=None, *, reduction="mean"):
-    """k1 = −log r = log p(x) − log q(x): the unbiased, high-variance single-sample estimate of KL(p ‖ q).
+    r"""k1 = −log r = log p(x) − log q(x): the unbiased, high-variance single-sample estimate of KL(p ‖ q).
+
+    .. math::
+
+        k_1 = -\log r, \qquad r = \frac{q(x)}{p(x)}, \quad x \sim p,
+        \qquad \mathbb{E}_p[k_1] = \mathrm{KL}(p \,\|\, q)
 
     ``x`` was sampled from ``p`` (the sampler); ``r = q(x)/p(x)``. Individual values can be negative;
     only their average is the KL. In on-policy distillation ``p`` is the student and ``q`` the
@@ -561,7 +591,11 @@ def kl_k1(sampler_logprobs, target_logprobs, mask=None, *, reduction="mean"):
 
 
 def kl_k2(sampler_logprobs, target_logprobs, mask=None, *, reduction="mean"):
-    """k2 = ½ (log r)²: a biased, low-variance, always non-negative estimate of KL(p ‖ q), x ~ p.
+    r"""k2 = ½ (log r)²: a biased, low-variance, always non-negative estimate of KL(p ‖ q), x ~ p.
+
+    .. math::
+
+        k_2 = \tfrac{1}{2} (\log r)^2, \qquad r = \frac{q(x)}{p(x)}, \quad x \sim p
 
     Its bias is small when p and q are close (it matches KL to second order). Its expectation is
     an f-divergence, and its gradient is the reverse-KL gradient in expectation (on-policy).
@@ -577,7 +611,12 @@ def kl_k2(sampler_logprobs, target_logprobs, mask=None, *, reduction="mean"):
 
 
 def kl_k3(sampler_logprobs, target_logprobs, mask=None, *, reduction="mean"):
-    """k3 = (r − 1) − log r: unbiased *and* always non-negative estimate of KL(p ‖ q), x ~ p.
+    r"""k3 = (r − 1) − log r: unbiased *and* always non-negative estimate of KL(p ‖ q), x ~ p.
+
+    .. math::
+
+        k_3 = (r - 1) - \log r, \qquad r = \frac{q(x)}{p(x)}, \quad x \sim p,
+        \qquad \mathbb{E}_p[k_3] = \mathrm{KL}(p \,\|\, q)
 
     Adding the zero-mean control variate (r − 1) to k1 removes most of its variance while keeping
     it unbiased, since E_p[r] = 1. Large positive log r (the target far likelier than the sampler)

@@ -1,4 +1,4 @@
-"""Distillation losses: what the student minimises, from the divergences and the teacher's scores.
+r"""Distillation losses: what the student minimises, from the divergences and the teacher's scores.
 
 Two gradient estimators of the same goal:
 
@@ -13,7 +13,12 @@ Two gradient estimators of the same goal:
   :func:`sampled_token_loss`. Needs only the teacher's log-prob of each sampled token.
 
 Its expected gradient equals the gradient of the reverse KL: with x ~ q = p_θ,
-``E[∇log p_θ(x) · (log p_θ(x) − log p_T(x))] = ∇ KL(p_θ ‖ p_T)`` (the extra ``E[∇log p_θ]`` term is 0).
+``E[∇log p_θ(x) · (log p_θ(x) − log p_T(x))] = ∇ KL(p_θ ‖ p_T)`` (the extra ``E[∇log p_θ]`` term is 0):
+
+.. math::
+
+    \mathbb{E}_{x \sim p_\theta}\bigl[\nabla_\theta \log p_\theta(x)\,
+    \bigl(\log p_\theta(x) - \log p_T(x)\bigr)\bigr] = \nabla_\theta\, \mathrm{KL}(p_\theta \,\|\, p_T)
 """
 
 from __future__ import annotations
@@ -258,12 +263,21 @@ def sampled_token_loss(
     groups: torch.Tensor | None = None,
     advantage_clip: float | None = None,
 ) -> torch.Tensor:
-    """Importance-sampling policy-gradient loss with per-token reverse KL as the negative advantage.
+    r"""Importance-sampling policy-gradient loss with per-token reverse KL as the negative advantage.
 
     ``d_t = log p_S(x_t) − log p_T(x_t)`` (detached), the advantage
     ``A_t = −kl_coef · Σ_{s ≥ t} kl_discount^{s−t} d_s`` (over the same completion's counted tokens;
     with the default ``kl_discount=0`` simply ``−kl_coef · d_t``), ``ratio_t = p_θ(x_t) / q(x_t)``, and
-    ``L = −Σ_t ratio_t · A_t`` over completion tokens (mean or sum).
+    ``L = −Σ_t ratio_t · A_t`` over completion tokens (mean or sum):
+
+    .. math::
+
+        d_t = \log p_S(x_t) - \log p_T(x_t), \qquad
+        A_t = -c \sum_{s \ge t} \gamma^{\,s-t}\, d_s, \qquad
+        L = -\sum_t \frac{p_\theta(x_t)}{q(x_t)}\, A_t
+
+    with :math:`c` = ``kl_coef`` and :math:`\gamma` = ``kl_discount`` (:math:`d_t` and :math:`A_t` carry
+    no gradient).
 
     Args:
         student_logprobs: ``(B, T)`` log p_θ(x_t) of the sampled tokens, **with gradients** (from the

@@ -520,8 +520,10 @@ class DistillConfig:
 
     @property
     def effective_beta(self) -> float | None:
-        """β of the divergence actually minimised: 1 for the sampled estimator (reverse KL), 0 for forward KL,
-        β for 'jsd'; None for a divergence with no β (skew KLs, total variation)."""
+        """The GKD β of the divergence actually minimised.
+
+        1 for the sampled estimator (reverse KL), 0 for forward KL, β for ``"jsd"``; None for a divergence
+        with no β (the skew KLs, total variation)."""
         if self.estimator == "sampled":
             return 1.0
         return DIVERGENCES[self.divergence].effective_beta(self.divergence_weight)
@@ -612,7 +614,10 @@ def _default(f):
 #: step, a leave-one-out batch-mean baseline, no gradient clipping: the measured setting that learns, see
 #: notebook 05); "cookbook" is the Tinker cookbook's on-policy distillation settings at lab-bench scale
 #: (4 completions per prompt, Adam (0.9, 0.95), no clipping, kl_coef 1, discount 0, no baseline); "gpu" is
-#: a starting point for real Hugging Face models on one GPU.
+#: a starting point for real Hugging Face models on one GPU. ``DistillConfig.preset(name, **overrides)``
+#: builds one; the documentation's page of configuration fields lists what each preset sets.
+#:
+#: :meta hide-value:
 PRESETS: dict[str, DistillConfig] = {
     "tiny-cpu": DistillConfig(
         batch_size=64, lr=1e-3, steps=150, max_new_tokens=16, eval_every=25, device="cpu"
