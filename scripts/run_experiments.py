@@ -16,17 +16,23 @@ accuracy on 200 held-out prompts every 15 steps):
   dataset (TRL's λ < 1), plus temperature-1 validity and diversity (4 samples per prompt) at each evaluation;
 * ``beta-lambda-permutations-seqkd``: the same with off-policy batches sampled from the teacher
   (``seq_kd=True``), for β ∈ {0, 1} and λ ∈ {0, 0.25} (λ = 1 has no off-policy batch: it is the run above);
-* ``beta-lambda-sorting``: sorting (one answer per prompt), off-policy batches from the dataset.
+* ``beta-lambda-sorting``: sorting (one answer per prompt), off-policy batches from the dataset;
+* ``beta-permutations-8-seeds``: β ∈ {0, 1} at λ = 0 on permutations with 8 seeds (seeds 0–2 are runs of
+  ``beta-lambda-permutations``): notebook 06's exercise 2;
+* ``competent-student-permutations``: permutations from a *head-started* student (the shipped one after
+  150 steps of ``lmbda=0, beta=1``, :func:`~odistill.bench.sweep.train_head_start`, seed 0), β = 1 and
+  λ ∈ {0, 1}: notebook 06's exercise 1, answered in ``notebooks/exercises/notebook_exercise_solutions.ipynb``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from odistill.bench.sweep import run_sweep
+from odistill.bench.sweep import run_sweep, train_head_start
 
 DATA = Path(__file__).resolve().parent.parent / "notebooks" / "data"
 BETAS, LAMBDAS = [0.0, 0.5, 1.0], [0.0, 0.25, 1.0]
@@ -44,6 +50,19 @@ EXPERIMENTS = {
         **COMMON,
     ),
     "beta-lambda-sorting": dict(task="sorting", grid={"beta": BETAS, "lmbda": LAMBDAS}, **COMMON),
+    "beta-permutations-8-seeds": dict(
+        task="permutations",
+        grid={"beta": [0.0, 1.0], "lmbda": [0.0]},
+        samples_per_prompt=4,
+        **{**COMMON, "seeds": 8},
+    ),
+    "competent-student-permutations": dict(
+        task="permutations",
+        grid={"beta": [1.0], "lmbda": [0.0, 1.0]},
+        samples_per_prompt=4,
+        head_start=dict(steps=150, lmbda=0.0, beta=1.0, seed=0),
+        **COMMON,
+    ),
 }
 
 
@@ -61,7 +80,13 @@ def main(argv=None) -> int:
         spec = dict(EXPERIMENTS[name])
         start = time.perf_counter()
         print(f"{name}: {spec['task']}, grid {spec['grid']}", flush=True)
-        sweep = run_sweep(spec.pop("task"), workers=args.workers, threads=1, progress=True, **spec)
+        head_start = spec.pop("head_start", None)
+        with tempfile.TemporaryDirectory(prefix="odistill-head-start-") as folder:
+            if head_start is not None:  # the sweep starts from a trained copy of the shipped student
+                spec["student"] = str(train_head_start(spec["task"], folder, **head_start))
+            sweep = run_sweep(spec.pop("task"), workers=args.workers, threads=1, progress=True, **spec)
+        if head_start is not None:
+            sweep.settings["head_start"] = head_start  # how to re-create the student (not its temp path)
         path = sweep.to_json(args.out / f"{name}.json")
         print(sweep.table())
         print(f"wrote {path} in {time.perf_counter() - start:.0f} s", flush=True)

@@ -324,7 +324,9 @@ def _page_of(notebook: Path) -> str:
 def test_site_builds_with_every_page(site):
     for page in PAGES:
         assert (site / f"{page}.html").is_file(), f"{page}.html missing from the built site"
-    teacher_only = {"solutions.ipynb"}
+    from odistill.classroom.grading import TEACHER_ONLY
+
+    teacher_only = set(TEACHER_ONLY)
     for notebook in sorted(NOTEBOOKS.glob("*.ipynb")) + sorted(NOTEBOOKS.glob("exercises/**/*.ipynb")):
         if notebook.name not in teacher_only:
             assert (site / _page_of(notebook)).is_file(), f"no page for {notebook.relative_to(ROOT)}"
@@ -340,7 +342,8 @@ def test_the_site_shows_the_learners_exercises_without_solutions(site):
         assert "NotImplementedError" in text, f"{page.name}: the answer cell should be the learner's stub"
     ex1 = (site / "notebooks" / "exercises" / "ex1_reverse_kl.html").read_text()
     assert "log_p_s.exp() * (log_p_s - log_p_t)" not in ex1  # the reference solution
-    assert not (site / "notebooks" / "exercises" / "solutions.html").exists()
+    for name in ("solutions", "notebook_exercise_solutions"):  # the teacher-only notebooks
+        assert not (site / "notebooks" / "exercises" / f"{name}.html").exists(), name
 
 
 def test_notebook_pages_show_their_stored_figures(site):

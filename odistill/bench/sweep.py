@@ -33,6 +33,7 @@ from ..train.config import ConfigError, DistillConfig
 
 __all__ = [
     "run_sweep",
+    "train_head_start",
     "SweepResult",
     "grid_points",
     "mean_ci",
@@ -190,6 +191,43 @@ def _run_one(job: dict) -> dict:
         "threads": threads,
         "method": config.describe(),
     }
+
+
+def train_head_start(
+    task: str,
+    folder: str | Path,
+    *,
+    base: DistillConfig | str = "tiny-cpu",
+    seed: int = 0,
+    threads: int | None = 1,
+    **overrides,
+) -> Path:
+    """Train a copy of ``task``'s shipped student with ``base`` + ``overrides`` (e.g. ``steps=150, lmbda=0,
+    beta=1``) and save it, with its tokenizer, to ``folder``: a student to start a sweep from
+    (``run_sweep(..., student=folder)``). No evaluation. Deterministic in ``seed`` at one CPU thread, so
+    the same call gives the same weights again (a notebook can re-create a committed sweep's student).
+    Returns ``folder``."""
+    from ..train.runtime import cpu_threads
+    from ..train.trainer import distill
+    from .models import count_parameters, load_model
+    from .tasks import get_task
+
+    task_obj = get_task(task)
+    config = DistillConfig.preset(base) if isinstance(base, str) else base
+    config = replace(config, eval_every=0, seed=seed, progress=False, **overrides)
+    if config.max_new_tokens == DistillConfig.max_new_tokens:
+        config = replace(config, max_new_tokens=task_obj.max_new_tokens)
+    student, tokenizer = load_model(f"{task_obj.name}-student")
+    teacher, _ = load_model(f"{task_obj.name}-teacher")
+    size = count_parameters(student) + count_parameters(teacher)
+    with cpu_threads(threads, parameters=size) as used:
+        result = distill(
+            student, teacher, tokenizer, task_obj.make_dataset(4000, seed=seed), replace(config, threads=used)
+        )
+    folder = Path(folder)
+    result.student.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ __all__ = ["SOURCE_DIR", "GradingError", "release", "release_notebook", "grade",
 
 #: The exercise sources, when odistill runs from its repository (an editable install or a checkout).
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "notebooks" / "exercises"
-#: Teacher-only material: never in a student release.
-TEACHER_ONLY = ("solutions.ipynb",)
+#: Teacher-only material, never in a student release: ``solutions.ipynb`` answers the exercise notebooks'
+#: follow-up questions, ``notebook_exercise_solutions.ipynb`` the exercises at the end of notebooks 01–07.
+TEACHER_ONLY = ("solutions.ipynb", "notebook_exercise_solutions.ipynb")
 
 
 class GradingError(RuntimeError):
@@ -84,8 +85,8 @@ def release(
     target: str | Path, *, source: str | Path | None = None, with_solutions: bool = False
 ) -> list[Path]:
     """Write the exercise notebooks of ``source`` (default :data:`SOURCE_DIR`) to ``target``: the learners'
-    versions, or the teacher's with ``with_solutions`` (solutions, hidden tests and ``solutions.ipynb``
-    kept). Returns the written paths."""
+    versions, or the teacher's with ``with_solutions`` (solutions, hidden tests and the
+    :data:`TEACHER_ONLY` notebooks kept). Returns the written paths."""
     nbformat = _nbformat()
     source = Path(source) if source is not None else SOURCE_DIR
     if not source.is_dir():

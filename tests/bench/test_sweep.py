@@ -183,3 +183,29 @@ def test_cli_sweep_writes_json_and_reports_errors(tmp_path, capsys):
     assert "'betta' is not a DistillConfig field" in capsys.readouterr().err
     assert main(["sweep", "--steps", "2"]) == 2
     assert "--grid" in capsys.readouterr().err
+
+
+def test_a_head_started_student_is_trained_saved_and_reproducible(tmp_path):
+    """train_head_start writes a loadable student (with its tokenizer), different from the shipped one and
+    from another seed's, and the same weights again for the same seed."""
+    import torch
+
+    from odistill.bench.models import load_model
+    from odistill.bench.sweep import train_head_start
+
+    small = dict(steps=3, batch_size=8, lr=1e-2)
+    first = train_head_start("addition", tmp_path / "a", lmbda=0.0, beta=1.0, **small)
+    again = train_head_start("addition", tmp_path / "b", lmbda=0.0, beta=1.0, **small)
+    other = train_head_start("addition", tmp_path / "c", lmbda=0.0, beta=1.0, seed=1, **small)
+    shipped, _ = load_model("addition-student")
+    (a, tokenizer), (b, _), (c, _) = (load_model(str(p)) for p in (first, again, other))
+    assert tokenizer.convert_ids_to_tokens(tokenizer("1+2=")["input_ids"])  # the tokenizer was saved too
+    pairs = list(zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(torch.equal(x, y) for x, y in pairs)  # the same seed: the same weights
+    assert any(
+        not torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), shipped.state_dict().values(), strict=True)
+    )
+    assert any(
+        not torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values(), strict=True)
+    )

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("nbgrader")
 
-from odistill.classroom.grading import SOURCE_DIR, GradingError, grade, release  # noqa: E402
+from odistill.classroom.grading import SOURCE_DIR, TEACHER_ONLY, GradingError, grade, release  # noqa: E402
 
 EXERCISES = sorted(p.name for p in SOURCE_DIR.glob("ex*.ipynb"))
 
@@ -31,7 +31,8 @@ def _cells(path):
 
 def test_the_release_strips_solutions_hidden_tests_and_outputs(released):
     target, written = released
-    assert sorted(p.name for p in written) == EXERCISES and "solutions.ipynb" not in {p.name for p in written}
+    assert sorted(p.name for p in written) == EXERCISES
+    assert not {p.name for p in written} & set(TEACHER_ONLY)
     for path in written:
         cells = _cells(path)
         text = "\n".join(c.source for c in cells)
@@ -46,7 +47,7 @@ def test_the_release_strips_solutions_hidden_tests_and_outputs(released):
             c.metadata.nbgrader.grade_id for c in source_tests
         ]
     teacher = release(target.parent / "teacher", with_solutions=True)
-    assert "solutions.ipynb" in {p.name for p in teacher}
+    assert set(TEACHER_ONLY) <= {p.name for p in teacher}
     assert "BEGIN SOLUTION" in "\n".join(c.source for c in _cells(teacher[0]))
 
 
