@@ -17,13 +17,14 @@ setup:
 demo: setup
 	$(VENV)/bin/odistill demo
 
-# The unit tests run in JOBS processes (pytest-xdist; a test file stays in one process, so its module
-# fixtures are built once); the notebooks run one after the other, so that the timings they compare
-# side by side share the machine with nothing of the suite's own.
+# The unit tests, then the notebooks, run in JOBS processes (pytest-xdist; --dist loadfile: a test file,
+# or a notebook, stays in one process, so its module fixtures are built once and a notebook's cells run
+# in order in one kernel). Each notebook computes on one thread, so two of them side by side on two
+# cores do not slow each other's timed comparisons; the suite's own tests are done by then.
 JOBS ?= 2
 test: setup
 	$(PY) -m pytest tests -n $(JOBS) --dist loadfile -p no:cacheprovider
-	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env \
+	$(PY) -m pytest notebooks -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
 	    --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 # Build the site from the committed notebook outputs (nothing is executed). -W: any warning fails the
@@ -35,7 +36,8 @@ docs: setup
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html && \
 	echo "[docs] built docs/_build/html/index.html in $$(( $$(date +%s) - start )) s"
 
-# The teacher's site: the exercise notebooks with their solutions and hidden tests, and solutions.ipynb.
+# The teacher's site: the exercise notebooks with their solutions and hidden tests, and the two
+# teacher-only solutions notebooks.
 docs-teacher: setup
 	@rm -rf docs/_build/teacher; ODISTILL_DOCS_TEACHER=1 $(VENV)/bin/sphinx-build -W --keep-going -b html \
 	    docs docs/_build/teacher && echo "[docs] built docs/_build/teacher/index.html (with solutions)"; \
