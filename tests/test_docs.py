@@ -393,6 +393,15 @@ def test_the_config_api_entry_describes_every_field(site):
     text = (site / "api" / "config.html").read_text(encoding="utf-8")
     missing = [f.name for f in fields(DistillConfig) if f"{f.name}</span></code> =" not in text]
     assert not missing, f"fields without a description on the DistillConfig entry: {missing}"
+    # PRESETS is described, not dumped as 20 lines of reprs; docstrings are not split at their colon
+    # (napoleon reads "words: more words" on a property or a variable as "type: description")
+    assert "DistillConfig(lmbda=" not in text
+    for anchor, start in (
+        ("DistillConfig.effective_beta", "The GKD β"),
+        ("PRESETS", "The named configurations"),
+    ):
+        entry = text[text.index(f'id="odistill.train.config.{anchor}"') :][:3000]
+        assert start in entry and "Type:" not in entry, anchor
 
 
 def test_the_notebooks_page_has_the_overview_with_runtimes(site):

@@ -609,7 +609,7 @@ def _default(f):
     return f.default if f.default is not MISSING else f.default_factory()
 
 
-#: Named configurations: "tiny-cpu" trains a lab-bench student in a minute or two on 2 CPU cores with the
+#: The named configurations. "tiny-cpu" trains a lab-bench student in a minute or two on 2 CPU cores with the
 #: full estimator; "tiny-cpu-sampled" is the sampled estimator's lab-bench setting (4× the completions per
 #: step, a leave-one-out batch-mean baseline, no gradient clipping: the measured setting that learns, see
 #: notebook 05); "cookbook" is the Tinker cookbook's on-policy distillation settings at lab-bench scale
