@@ -404,6 +404,22 @@ def test_the_config_api_entry_describes_every_field(site):
         assert start in entry and "Type:" not in entry, anchor
 
 
+def test_no_api_docstring_is_split_at_its_colon(site):
+    """napoleon reads a variable's or a property's first line "words: more words" as "type: description";
+    a type that is a phrase is such a split sentence (write the summary without that colon)."""
+    field = re.compile(
+        r'<dt class="field-odd">Type<span class="colon">:</span></dt>\s*<dd class="field-odd"><p>(.*?)</p>',
+        re.S,
+    )
+    split = []
+    for page in sorted((site / "api").glob("*.html")):
+        for found in field.finditer(page.read_text(encoding="utf-8")):
+            words = re.sub(r"<[^>]+>", "", found.group(1)).split()
+            if len(words) > 3:
+                split.append(f"{page.name}: {' '.join(words)}")
+    assert not split, "docstrings split at their colon:\n" + "\n".join(split)
+
+
 def test_the_notebooks_page_has_the_overview_with_runtimes(site):
     text = (site / "notebooks.html").read_text(encoding="utf-8")
     assert "runtime (tiny, 2 CPU cores)" in text

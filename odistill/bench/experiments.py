@@ -149,7 +149,7 @@ def _mean_of(history: list[dict], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-#: The demo's two contenders: classic off-policy KD and on-policy distillation.
+#: The demo's two contenders, classic off-policy KD and on-policy distillation.
 DEMO_METHODS = {
     "off-policy forward KL (λ=0, β=0)": dict(lmbda=0.0, beta=0.0),
     "on-policy reverse KL (λ=1, β=1)": dict(lmbda=1.0, beta=1.0),

@@ -58,7 +58,7 @@ MODEL_SIZES: dict[str, dict] = {
 MODEL_SIZES["student"] = MODEL_SIZES["tiny"]
 MODEL_SIZES["teacher"] = MODEL_SIZES["base"]
 
-#: Where the shipped checkpoints live: ``odistill/bench/checkpoints/<task>-teacher/``, ``<task>-student/``.
+#: Where the shipped checkpoints live (``odistill/bench/checkpoints/<task>-teacher/``, ``<task>-student/``).
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 #: The file in a checkpoint folder that records how it was made (task, recipe, accuracy).

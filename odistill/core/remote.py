@@ -63,7 +63,7 @@ __all__ = [
     "decode_scores",
 ]
 
-#: The score modes a server returns: full (B, T, V) log-probs and hidden states do not travel.
+#: The score modes a server returns (full (B, T, V) log-probs and hidden states do not travel).
 REMOTE_MODES = ("sampled", "topk")
 #: The servers :class:`RemoteTeacher` can talk to.
 PROTOCOLS = ("odistill", "vllm")
@@ -199,9 +199,12 @@ class RemoteTeacher:
         max_rows: send at most this many rows per request (default: the whole batch in one).
 
     Attributes:
-        vocab_size: see above (after :meth:`restrict_vocab`, the restricted size). served_vocab_size: the
-        server's own. model: the served model's name. bytes_sent, bytes_received: the HTTP
-        bodies so far (for the bytes-per-step benchmark). requests: the number of scoring requests.
+        vocab_size: see above (after :meth:`restrict_vocab`, the restricted size).
+        served_vocab_size: the server's own.
+        model: the served model's name.
+        bytes_sent: the bytes of the HTTP request bodies so far (for the bytes-per-step benchmark).
+        bytes_received: the bytes of the response bodies so far.
+        requests: the number of scoring requests.
     """
 
     modes = REMOTE_MODES

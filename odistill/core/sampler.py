@@ -377,7 +377,7 @@ class DecodeLoopBackend:
         return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
 
-#: Registered sampling backends, by name: ``"hf"`` (the default) calls a Hugging Face model directly in
+#: The registered sampling backends, by name. ``"hf"`` (the default) calls a Hugging Face model directly in
 #: odistill's decode loop; ``"hf-generate"`` samples with ``model.generate``. Both draw the same tokens.
 #: ``"vllm"`` samples with a colocated vLLM engine on a GPU (:mod:`odistill.core.vllm_sampler`).
 BACKENDS: dict[str, SamplerBackend] = {
