@@ -150,30 +150,56 @@ def _check_points(points: list[dict], base: DistillConfig) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _run_one(job: dict) -> dict:
-    """Distil ``job["task"]``'s shipped teacher into its student with ``job["config"]``; the curve."""
+def _distill_on_task(
+    task,
+    config: DistillConfig,
+    *,
+    student=None,
+    teacher=None,
+    threads=1,
+    eval_n=None,
+    samples_per_prompt=None,
+):
+    """Distil ``task``'s teacher (default: the shipped one) into its student on the task's dataset (seeded
+    by ``config.seed``), on ``threads`` CPU threads, evaluated every ``config.eval_every`` steps on
+    ``eval_n`` held-out prompts when given. Returns (the :class:`DistillResult`, the tokenizer, threads)."""
     from ..train.runtime import cpu_threads
     from ..train.trainer import distill
     from .experiments import make_eval_fn
     from .models import count_parameters, load_model
-    from .tasks import get_task
 
-    task = get_task(job["task"])
-    config = DistillConfig.from_dict(job["config"])
-    student, tokenizer = load_model(job["student"] or f"{task.name}-student")
-    teacher, _ = load_model(job["teacher"] or f"{task.name}-teacher")
+    student, tokenizer = load_model(student or f"{task.name}-student")
+    teacher, _ = load_model(teacher or f"{task.name}-teacher")
+    eval_fn = None
+    if eval_n is not None:
+        eval_fn = make_eval_fn(task, tokenizer, n=eval_n, samples_per_prompt=samples_per_prompt)
     size = count_parameters(student) + count_parameters(teacher)
-    with cpu_threads(job["threads"], parameters=size) as threads:
+    with cpu_threads(threads, parameters=size) as used:
         result = distill(
             student,
             teacher,
             tokenizer,
             task.make_dataset(4000, seed=config.seed),
-            replace(config, threads=threads, progress=False),
-            eval_fn=make_eval_fn(
-                task, tokenizer, n=job["eval_n"], samples_per_prompt=job.get("samples_per_prompt")
-            ),
+            replace(config, threads=used, progress=False),
+            eval_fn=eval_fn,
         )
+    return result, tokenizer, used
+
+
+def _run_one(job: dict) -> dict:
+    """Distil ``job["task"]``'s shipped teacher into its student with ``job["config"]``; the curve."""
+    from .tasks import get_task
+
+    config = DistillConfig.from_dict(job["config"])
+    result, _, threads = _distill_on_task(
+        get_task(job["task"]),
+        config,
+        student=job["student"],
+        teacher=job["teacher"],
+        threads=job["threads"],
+        eval_n=job["eval_n"],
+        samples_per_prompt=job.get("samples_per_prompt"),
+    )
     seconds, curve = 0.0, []
     for row in result.history:
         seconds += row.get("seconds", 0.0)
@@ -207,23 +233,14 @@ def train_head_start(
     (``run_sweep(..., student=folder)``). No evaluation. Deterministic in ``seed`` at one CPU thread, so
     the same call gives the same weights again (a notebook can re-create a committed sweep's student).
     Returns ``folder``."""
-    from ..train.runtime import cpu_threads
-    from ..train.trainer import distill
-    from .models import count_parameters, load_model
     from .tasks import get_task
 
     task_obj = get_task(task)
     config = DistillConfig.preset(base) if isinstance(base, str) else base
-    config = replace(config, eval_every=0, seed=seed, progress=False, **overrides)
+    config = replace(config, eval_every=0, seed=seed, **overrides)
     if config.max_new_tokens == DistillConfig.max_new_tokens:
         config = replace(config, max_new_tokens=task_obj.max_new_tokens)
-    student, tokenizer = load_model(f"{task_obj.name}-student")
-    teacher, _ = load_model(f"{task_obj.name}-teacher")
-    size = count_parameters(student) + count_parameters(teacher)
-    with cpu_threads(threads, parameters=size) as used:
-        result = distill(
-            student, teacher, tokenizer, task_obj.make_dataset(4000, seed=seed), replace(config, threads=used)
-        )
+    result, tokenizer, _ = _distill_on_task(task_obj, config, threads=threads)
     folder = Path(folder)
     result.student.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
